@@ -1,0 +1,1 @@
+"""flowsuite.cli: the ``gen`` command line."""

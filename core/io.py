@@ -1,0 +1,48 @@
+"""Safe file output: every file flowsuite writes appears whole or not at all, and a file the user
+already has is never replaced unless they ask for it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from flowsuite.core.errors import FlowsuiteError
+
+
+def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
+    """Raises a one-line ``FlowsuiteError`` if ``path`` exists and ``force`` is not set, or if it
+    names a folder. Returns the path."""
+    p = Path(path)
+    if p.is_dir():
+        raise FlowsuiteError(f"{p} is a folder; give a file name for the output")
+    if p.exists() and not force:
+        raise FlowsuiteError(f"{p} already exists; choose another name or pass --force to replace it")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; when the block ends without an error the temporary
+    file is renamed over ``path`` in one step, otherwise it is removed.
+
+    With ``force=False`` an existing ``path`` is an error (checked before and at the rename).
+    """
+    target = check_writable(path, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix,
+                               dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if not force and target.exists():
+            raise FlowsuiteError(f"{target} appeared while it was being written; not replaced")
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()

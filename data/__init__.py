@@ -1,0 +1,1 @@
+"""flowsuite.data: datasets and the shipped trained models."""

@@ -1,0 +1,1 @@
+"""flowsuite.musicflow: mel front end, WaveGlow vocoder and mel prior."""

@@ -1,0 +1,1 @@
+"""flowsuite.pointflow: category-conditional point-cloud flows."""
