@@ -1,7 +1,25 @@
-"""flowsuite.core: invertible layers, distributions, the likelihood trainer and checkpoints."""
+"""flowsuite.core: invertible layers, distributions, the likelihood trainer and checkpoints.
 
+Every bijection maps data to latent in ``forward`` and back in ``inverse``; both return the
+transformed tensor and a log-determinant of shape ``(B,)``.
+"""
+
+from flowsuite.core.autoregressive import MADE, MaskedAutoregressive
 from flowsuite.core.bijection import Bijection, Compose, Inverse, sum_except_batch
+from flowsuite.core.conditioners import MLP, ChannelMLP
+from flowsuite.core.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
+from flowsuite.core.distributions import DiagonalNormal, Distribution, StandardNormal
+from flowsuite.core.elementwise import Additive, Affine, RationalQuadraticSpline
 from flowsuite.core.errors import CheckpointError, FlowsuiteError
+from flowsuite.core.flow import Flow
+from flowsuite.core.linear import InvertibleLinear, Permute
+from flowsuite.core.multiscale import EarlySplit, Squeeze
+from flowsuite.core.normalization import ActNorm
 
-__all__ = ["Bijection", "Compose", "Inverse", "sum_except_batch", "FlowsuiteError",
-           "CheckpointError"]
+__all__ = [
+    "ActNorm", "Additive", "AdditiveCoupling", "Affine", "AffineCoupling", "Bijection",
+    "ChannelMLP", "CheckpointError", "Compose", "Coupling", "DiagonalNormal", "Distribution",
+    "EarlySplit", "Flow", "FlowsuiteError", "Inverse", "InvertibleLinear", "MADE", "MLP",
+    "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "SplineCoupling", "Squeeze",
+    "StandardNormal", "sum_except_batch",
+]

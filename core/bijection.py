@@ -69,20 +69,21 @@ class Compose(Bijection):
         return self.bijections[i]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = _zero_logdet(x)
+        total = zero_logdet(x)
         for b in self.bijections:
             x, ld = b(x, context)
             total = total + ld
         return x, total
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = _zero_logdet(z)
+        total = zero_logdet(z)
         for b in reversed(self.bijections):
             z, ld = b.inverse(z, context)
             total = total + ld
         return z, total
 
 
-def _zero_logdet(x: Tensor) -> Tensor:
+def zero_logdet(x: Tensor) -> Tensor:
+    """A zero log-determinant ``(B,)`` in float32 or wider."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     return x.new_zeros(x.shape[0], dtype=dtype)

@@ -19,7 +19,8 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
     if p.is_dir():
         raise FlowsuiteError(f"{p} is a folder; give a file name for the output")
     if p.exists() and not force:
-        raise FlowsuiteError(f"{p} already exists; choose another name or pass --force to replace it")
+        raise FlowsuiteError(f"{p} already exists; choose another name or pass --force to "
+                             "replace it")
     return p
 
 

@@ -1,0 +1,140 @@
+"""Masked autoregressive layers: MADE (Germain et al., 2015) as the conditioner of MAF
+(Papamakarios et al., 2017) and IAF (Kingma et al., 2016)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowsuite.core.bijection import Bijection
+from flowsuite.core.conditioners import broadcast_context, make_activation
+from flowsuite.core.coupling import logdet_sum, params_last
+from flowsuite.core.elementwise import ElementwiseTransform, make_transform
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
+
+    def __init__(self, in_features: int, out_features: int, mask: Tensor):
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """A masked MLP whose output ``k`` (each of ``num_params`` blocks of ``features``) depends only
+    on inputs that come before ``k`` in ``order``, and on the context.
+
+    ``x: (B, ..., features)`` -> ``(B, ..., num_params * features)``. The last layer starts at
+    zero, so a layer built on it starts as the identity.
+    """
+
+    def __init__(self, features: int, num_params: int, hidden: Sequence[int] = (64, 64),
+                 context_features: int = 0, order: Sequence[int] | None = None,
+                 activation: str = "relu"):
+        super().__init__()
+        hidden = list(hidden)
+        order_t = (torch.arange(features) if order is None
+                   else torch.as_tensor(list(order), dtype=torch.long))
+        if sorted(order_t.tolist()) != list(range(features)):
+            raise ValueError(f"order must be a permutation of 0..{features - 1}")
+        degrees_in = order_t + 1  # input i may influence outputs of higher degree only
+        self.register_buffer("order", order_t)
+        layers: list[nn.Module] = []
+        prev = degrees_in
+        for i, h in enumerate(hidden):
+            if features > 1:
+                deg = torch.arange(h) % (features - 1) + 1
+            else:
+                deg = torch.zeros(h, dtype=torch.long)  # sees only the context
+            layers.append(MaskedLinear(prev.numel(), h, deg[:, None] >= prev[None, :]))
+            if i == 0:
+                self.first_index = len(layers) - 1
+            layers.append(make_activation(activation))
+            prev = deg
+        out_deg = degrees_in.repeat(num_params)
+        last = MaskedLinear(prev.numel(), num_params * features, out_deg[:, None] > prev[None, :])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.first = layers[0]
+        self.rest = nn.Sequential(*layers[1:], last)
+        self.context = (nn.Linear(context_features, hidden[0], bias=False)
+                        if context_features else None)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.first(x)
+        if self.context is not None:
+            if context is None:
+                raise ValueError("this layer was built with context_features and needs a context")
+            h = h + self.context(broadcast_context(context, x, -1))
+        return self.rest(h)
+
+
+class MaskedAutoregressive(Bijection):
+    """An autoregressive flow layer over the features on ``dim`` with an element-wise transform
+    (``"affine"`` or ``"spline"``) whose parameters come from a MADE.
+
+    ``direction="maf"``: ``forward`` (the likelihood) takes one network pass and ``inverse``
+    (sampling) takes ``features`` passes. ``direction="iaf"`` swaps the costs: sampling in one
+    pass, the likelihood of new data in ``features`` passes.
+    """
+
+    def __init__(self, features: int, hidden: Sequence[int] = (64, 64), context_features: int = 0,
+                 *, transform: str | ElementwiseTransform = "affine", direction: str = "maf",
+                 order: Sequence[int] | str | None = None, dim: int = -1,
+                 activation: str = "relu", **transform_kwargs):
+        super().__init__()
+        if direction not in ("maf", "iaf"):
+            raise ValueError(f"direction must be 'maf' or 'iaf', got {direction!r}")
+        if isinstance(transform, str):
+            transform = make_transform(transform, **transform_kwargs)
+        if order == "reverse":
+            order = list(range(features - 1, -1, -1))
+        self.features, self.dim, self.direction = features, dim, direction
+        self.transform = transform
+        self.made = MADE(features, transform.num_params, hidden, context_features,
+                         order=order, activation=activation)
+
+    def _params(self, u: Tensor, context: Tensor | None) -> Tensor:
+        p = params_last(self.made(u, context), -1, self.features, self.transform.num_params)
+        return p.to(u.dtype)
+
+    def _one_pass(self, x: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
+        """Transforms ``x`` (features last) with parameters computed from ``x`` itself."""
+        fn = self.transform.forward if forward else self.transform.inverse
+        y, logderiv = fn(x, self._params(x, context))
+        return y, logdet_sum(logderiv)
+
+    def _sequential(self, y: Tensor, context: Tensor | None,
+                    forward: bool) -> tuple[Tensor, Tensor]:
+        """Solves for ``x`` with ``y = T(x; params(x))`` (``forward=False``) or
+        ``y = T^-1(x; params(x))`` (``forward=True``), one feature per network pass."""
+        fn = self.transform.forward if forward else self.transform.inverse
+        x = torch.zeros_like(y)
+        logderiv = torch.zeros_like(y)
+        for i in self.made.order.tolist():
+            out, ld = fn(y, self._params(x, context))
+            x = torch.cat([x[..., :i], out[..., i:i + 1], x[..., i + 1:]], dim=-1)
+            logderiv = torch.cat([logderiv[..., :i], ld[..., i:i + 1], logderiv[..., i + 1:]], -1)
+        return x, logdet_sum(logderiv)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = torch.movedim(x, self.dim, -1)
+        if self.direction == "maf":
+            z, ld = self._one_pass(x, context, forward=True)
+        else:
+            z, ld = self._sequential(x, context, forward=True)
+        return torch.movedim(z, -1, self.dim), ld
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z = torch.movedim(z, self.dim, -1)
+        if self.direction == "maf":
+            x, ld = self._sequential(z, context, forward=False)
+        else:
+            x, ld = self._one_pass(z, context, forward=False)
+        return torch.movedim(x, -1, self.dim), ld

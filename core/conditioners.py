@@ -1,0 +1,96 @@
+"""Parameter networks (conditioners) for couplings.
+
+A conditioner maps the untouched part of the input (and an optional context) to the parameters of
+the transformed part. It works along one feature dimension ``dim`` and keeps every other
+dimension, so the same MLP serves vectors ``(B, D)`` and point sets ``(B, N, D)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def make_activation(name: str) -> nn.Module:
+    """An activation module by name (relu, silu, elu, gelu, tanh)."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose from {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+def broadcast_context(context: Tensor, like: Tensor, dim: int) -> Tensor:
+    """Shapes a per-sample context ``(B, C)`` so it broadcasts against ``like`` whose features lie
+    on ``dim``: ``(B, 1, ..., C)`` for ``dim=-1``, ``(B, C, 1, ...)`` for ``dim=1``. A context
+    that already has ``like``'s number of dimensions is returned unchanged."""
+    if context.dim() == like.dim():
+        return context
+    if context.dim() != 2:
+        raise ValueError("context must be (B, C) or match the input's rank, got "
+                         f"{tuple(context.shape)}")
+    extra = like.dim() - 2
+    if dim in (-1, like.dim() - 1):
+        return context.reshape(context.shape[0], *([1] * extra), context.shape[1])
+    return context.reshape(context.shape[0], context.shape[1], *([1] * extra))
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron over the last dimension, with an optional context.
+
+    ``x: (B, ..., in_features)``, ``context: (B, context_features)`` or ``(B, ..., C)``
+    -> ``(B, ..., out_features)``. The context enters the first layer as an added projection,
+    computed once per sample and broadcast over the middle dimensions. The last layer starts at
+    zero, so a coupling that uses this MLP starts as the identity.
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (64, 64),
+                 context_features: int = 0, activation: str = "relu",
+                 zero_init_last: bool = True):
+        super().__init__()
+        hidden = list(hidden)
+        if not hidden:
+            raise ValueError("MLP needs at least one hidden layer")
+        self.first = nn.Linear(in_features, hidden[0])
+        self.context = (nn.Linear(context_features, hidden[0], bias=False)
+                        if context_features else None)
+        layers: list[nn.Module] = [make_activation(activation)]
+        for a, b in zip(hidden[:-1], hidden[1:], strict=True):
+            layers += [nn.Linear(a, b), make_activation(activation)]
+        last = nn.Linear(hidden[-1], out_features)
+        if zero_init_last:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = self.first(x)
+        if self.context is not None:
+            if context is None:
+                raise ValueError("this conditioner was built with context_features and "
+                                 "needs a context")
+            h = h + self.context(broadcast_context(context, x, -1))
+        return self.rest(h)
+
+
+class ChannelMLP(nn.Module):
+    """An MLP over the channels of a channels-first tensor ``(B, C, ...)`` (1x1 convolutions).
+
+    ``x: (B, in_features, ...)``, ``context: (B, C)`` or ``(B, C, ...)``
+    -> ``(B, out_features, ...)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (64, 64),
+                 context_features: int = 0, activation: str = "relu",
+                 zero_init_last: bool = True):
+        super().__init__()
+        self.mlp = MLP(in_features, out_features, hidden, context_features, activation,
+                       zero_init_last)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None and context.dim() == x.dim():
+            context = torch.movedim(context, 1, -1)
+        return torch.movedim(self.mlp(torch.movedim(x, 1, -1), context), -1, 1)

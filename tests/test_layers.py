@@ -1,0 +1,212 @@
+"""Every core layer, on vectors, point sets and sequences, in float32 and float64, with and
+without context: the inverse is exact and the log-determinant matches the autograd Jacobian."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowsuite.core import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    Compose,
+    EarlySplit,
+    Inverse,
+    InvertibleLinear,
+    MaskedAutoregressive,
+    Permute,
+    SplineCoupling,
+    Squeeze,
+)
+from flowsuite.core.testing import check_inverse, check_logdet
+
+CONTEXT = 3
+# layout name -> (shape, feature dim)
+LAYOUTS = {
+    "vector": ((3, 5), -1),
+    "points": ((2, 4, 3), -1),
+    "sequence": ((2, 4, 6), 1),
+}
+
+
+def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
+    """Moves every parameter away from its (often identity) initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+    return module
+
+
+def _layers(features: int, dim: int, ctx: int):
+    kw = {"dim": dim, "context_features": ctx, "hidden": (16,)}
+    return {
+        "actnorm": lambda: ActNorm(features, dim=dim),
+        "linear": lambda: InvertibleLinear(features, dim=dim),
+        "permute": lambda: Permute(features, "random", dim=dim),
+        "affine": lambda: AffineCoupling(features, **kw),
+        "affine_parity1": lambda: AffineCoupling(features, parity=1, **kw),
+        "additive": lambda: AdditiveCoupling(features, **kw),
+        "spline": lambda: SplineCoupling(features, bins=5, bound=2.0, **kw),
+        "maf_affine": lambda: MaskedAutoregressive(features, (16,), ctx, dim=dim),
+        "maf_spline": lambda: MaskedAutoregressive(features, (16,), ctx, dim=dim,
+                                                   transform="spline", bins=4, bound=2.0),
+        "iaf_affine": lambda: MaskedAutoregressive(features, (16,), ctx, dim=dim,
+                                                   direction="iaf", order="reverse"),
+        "inverse_maf": lambda: Inverse(MaskedAutoregressive(features, (16,), ctx, dim=dim)),
+        "compose": lambda: Compose(ActNorm(features, dim=dim), AffineCoupling(features, **kw),
+                                   InvertibleLinear(features, dim=dim),
+                                   SplineCoupling(features, parity=1, **kw)),
+        "early_split": lambda: EarlySplit(1, Compose(
+            InvertibleLinear(features - 1, dim=dim),
+            AffineCoupling(features - 1, **kw)), dim=dim),
+    }
+
+
+CASES = [(layout, name, with_ctx, dtype)
+         for layout in LAYOUTS
+         for name in _layers(5, -1, 0)
+         for with_ctx in (False, True)
+         for dtype in (torch.float32, torch.float64)]
+
+
+def _build(layout: str, name: str, with_ctx: bool, dtype: torch.dtype, seed: int = 0):
+    shape, dim = LAYOUTS[layout]
+    torch.manual_seed(seed)
+    layer = _layers(shape[dim], dim, CONTEXT if with_ctx else 0)[name]()
+    layer = randomize(layer, seed).to(dtype)
+    x = (torch.randn(shape, dtype=dtype) * 1.5).to(dtype)
+    ctx = torch.randn(shape[0], CONTEXT, dtype=dtype) if with_ctx else None
+    return layer, x, ctx
+
+
+@pytest.mark.parametrize("layout,name,with_ctx,dtype", CASES)
+def test_inverse_and_logdet(layout, name, with_ctx, dtype):
+    layer, x, ctx = _build(layout, name, with_ctx, dtype)
+    check_inverse(layer, x, ctx)
+    check_logdet(layer, x, ctx)
+
+
+@pytest.mark.parametrize("name", ["affine", "spline", "maf_affine", "maf_spline"])
+def test_context_changes_the_map(name):
+    layer, x, ctx = _build("vector", name, True, torch.float64)
+    z1, _ = layer(x, ctx)
+    z2, _ = layer(x, ctx + 1.0)
+    assert not torch.allclose(z1, z2)
+
+
+@pytest.mark.parametrize("name", ["affine", "additive", "spline", "maf_affine", "maf_spline"])
+def test_identity_at_initialisation(name):
+    torch.manual_seed(0)
+    layer = _layers(4, -1, 0)[name]()
+    x = torch.randn(8, 4)
+    z, ld = layer(x)
+    assert torch.allclose(z, x, atol=1e-6)
+    assert torch.allclose(ld, torch.zeros(8), atol=1e-5)
+
+
+def test_checks_catch_a_wrong_logdet():
+    class Broken(AffineCoupling):
+        def forward(self, x, context=None):
+            z, ld = super().forward(x, context)
+            return z, ld + 0.1
+
+    layer = randomize(Broken(4, hidden=(8,)))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    layer = layer.double()
+    with pytest.raises(AssertionError, match="log-determinant"):
+        check_logdet(layer, x)
+    with pytest.raises(AssertionError, match="cancel"):
+        check_inverse(layer, x)
+
+
+def test_checks_catch_a_wrong_inverse():
+    class Broken(Permute):
+        def inverse(self, z, context=None):
+            return z, super().inverse(z, context)[1]
+
+    with pytest.raises(AssertionError, match="differs"):
+        check_inverse(Broken(4, "reverse"), torch.randn(3, 4))
+
+
+def test_squeeze_groups_consecutive_samples():
+    x = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 16)
+    z, ld = Squeeze(8)(x)
+    assert z.shape == (2, 8, 2)
+    assert torch.equal(z[0, :, 0], torch.arange(8.0))  # WaveGlow's grouping of samples
+    assert torch.equal(z[0, :, 1], torch.arange(8.0, 16.0))
+    assert torch.equal(ld, torch.zeros(2))
+    check_inverse(Squeeze(2), torch.randn(2, 3, 8))
+    check_logdet(Squeeze(2), torch.randn(2, 3, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="multiple"):
+        Squeeze(8)(torch.randn(1, 1, 12))
+
+
+def test_actnorm_standardises_its_first_batch_and_keeps_it():
+    x = torch.randn(256, 3) * torch.tensor([1.0, 5.0, 0.1]) + torch.tensor([3.0, -2.0, 0.0])
+    layer = ActNorm(3)
+    z, _ = layer(x)
+    assert torch.allclose(z.mean(0), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(3), atol=1e-3)
+    z2, _ = layer(x * 2)  # a second batch does not re-initialise
+    assert torch.allclose(z2, layer(x * 2)[0])
+    assert not torch.allclose(z2.std(0), torch.ones(3), atol=0.1)
+    fresh = ActNorm(3)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.allclose(fresh(x * 2)[0], z2)  # a loaded layer counts as initialised
+
+
+def test_invertible_linear_inverse_cache_is_never_stale():
+    layer = InvertibleLinear(4)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.05)
+    x = torch.randn(5, 4) * 3
+    with torch.no_grad():
+        layer.inverse(x)  # fills the cache
+    for _ in range(2):
+        z, ld = layer(x)
+        loss = (0.5 * z.pow(2).sum(-1) - ld).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            z, _ = layer(x)
+            assert torch.allclose(layer.inverse(z)[0], x, atol=1e-5)
+    other = InvertibleLinear(4)
+    with torch.no_grad():
+        other.inverse(x)
+        other.load_state_dict(layer.state_dict())
+        assert torch.allclose(other.inverse(layer(x)[0])[0], x, atol=1e-5)
+        other.double()
+        assert torch.allclose(other.inverse(layer(x)[0].double())[0], x.double(), atol=1e-5)
+
+
+def test_invertible_linear_is_a_1x1_convolution_over_channels():
+    layer = InvertibleLinear(4, dim=1)
+    x = torch.randn(2, 4, 7)
+    z, ld = layer(x)
+    expected = torch.einsum("ij,bjt->bit", layer.weight(), x)
+    assert torch.allclose(z, expected, atol=1e-5)
+    assert torch.allclose(ld, 7 * torch.linalg.slogdet(layer.weight()).logabsdet.expand(2),
+                          atol=1e-4)
+
+
+def test_inverse_gradients_flow_through_the_inverse_weight():
+    layer = InvertibleLinear(3)
+    z = torch.randn(4, 3)
+    x, _ = layer.inverse(z)
+    x.sum().backward()
+    assert layer.log_diag.grad is not None and layer.log_diag.grad.abs().sum() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        AffineCoupling(1)
+    with pytest.raises(ValueError):
+        AffineCoupling(4, split=4)
+    with pytest.raises(ValueError):
+        Permute(3, [0, 0, 1])
+    with pytest.raises(ValueError):
+        MaskedAutoregressive(3, direction="sideways")
+    with pytest.raises(ValueError, match="context"):
+        AffineCoupling(4, context_features=2)(torch.randn(2, 4))
