@@ -1,0 +1,45 @@
+"""The gen application: help, version, and errors a user causes end in one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from flowsuite.cli.main import cli
+from flowsuite.core.errors import FlowsuiteError
+
+
+def test_help_lists_the_command_groups():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("data", "train", "finetune", "eval"):
+        assert name in result.output
+
+
+def test_the_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "flowsuite.cli.main", "--version"],
+                         capture_output=True, text=True, check=True)
+    assert "flowsuite" in out.stdout
+
+
+def test_a_user_error_is_one_line_and_exit_2():
+    @cli.command("fail-for-test", hidden=True)
+    def fail() -> None:
+        raise FlowsuiteError("input.ply is empty; give a file with points")
+
+    try:
+        result = CliRunner().invoke(cli, ["fail-for-test"])
+        assert result.exit_code == 2
+        assert result.output.strip() == "error: input.ply is empty; give a file with points"
+        assert "Traceback" not in result.output
+    finally:
+        cli.commands.pop("fail-for-test")
+
+
+def test_an_unknown_flag_is_a_usage_error_not_a_traceback():
+    result = CliRunner().invoke(cli, ["--no-such-flag"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
