@@ -395,6 +395,9 @@ class Trainer:
             if ckpt is None:
                 raise FlowsuiteError(f"{out} has no checkpoint yet to rebuild the model from; "
                                      "pass the model to resume")
+            if read_metadata(ckpt / "model.safetensors").model is None:
+                raise FlowsuiteError(f"{out} trains an unregistered model that cannot be rebuilt "
+                                     "from its checkpoint; pass model= to resume")
             model = load_model(ckpt / "model.safetensors")
         return cls(model, train_set, config, out_dir=out, val_set=val_set, collate_fn=collate_fn)
 
@@ -440,7 +443,11 @@ class Trainer:
         state = None
         if ckpt is not None:
             state = load_training_state(ckpt / "state.pt")
-            load_weights(model, ckpt / "model.safetensors", expected=model_name_of(model))
+            # A registered model must match the checkpoint's by name; any model by its weights.
+            name = model_name_of(model)
+            saved_name = read_metadata(ckpt / "model.safetensors").model
+            load_weights(model, ckpt / "model.safetensors",
+                         expected=name if name and saved_name else None)
         else:
             seed_all(derive_seed(cfg.seed, "train", dist.rank))
             with seeded(derive_seed(cfg.seed, "init")):
