@@ -412,3 +412,31 @@ def test_bad_settings_are_one_line_errors():
         assert "\n" not in str(e.value)
     with pytest.raises(FlowsuiteError):
         TrainConfig.from_dict({"steps": 3, "colour": "red"})
+
+
+def test_compile_flag_compiles_the_training_module(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = Gaussian()
+    Trainer(model, Points(), cfg(steps=3, compile=True), out_dir=tmp_path).fit()
+    assert compiled == [model]
+
+
+def test_bf16_autocast_can_be_asked_for_on_cpu(tmp_path):
+    class Probe(Gaussian):
+        dtypes: list = []
+
+        def forward(self, batch):
+            Probe.dtypes.append(self.mix(batch["x"]).dtype)
+            return super().forward(batch)
+
+    Trainer(Probe(), Points(), cfg(steps=2), out_dir=tmp_path / "a").fit()
+    assert set(Probe.dtypes) == {torch.float32}  # off on the CPU by default
+    Probe.dtypes.clear()
+    Trainer(Probe(), Points(), cfg(steps=2, bf16=True), out_dir=tmp_path / "b").fit()
+    assert set(Probe.dtypes) == {torch.bfloat16}
