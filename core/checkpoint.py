@@ -204,8 +204,10 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype 
     class is registered), the flowsuite version and ``metadata`` (str -> str). With
     ``dtype=torch.float16`` (or bfloat16) floating-point tensors are stored in that precision;
     loading casts them back to the model's dtype. Tensors that share memory are stored once.
-    With ``force=False`` an existing file is an error. Returns the path.
+    With ``force=False`` an existing file is an error. A model wrapped by ``torch.compile`` or
+    ``DistributedDataParallel`` is saved as the model inside. Returns the path.
     """
+    model = unwrap(model)
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, not {dtype}")
     user = dict(metadata or {})
@@ -238,6 +240,17 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype 
     with atomic_path(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile`` and ``DistributedDataParallel`` wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def _storable_state(state: Mapping[str, Tensor], dtype: torch.dtype | None

@@ -418,6 +418,9 @@ class Trainer:
         """
         cfg = self.config
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise FlowsuiteError("device 'cuda' was asked for but CUDA is not available; "
+                                 "use the CPU (device='cpu') or check the GPU driver")
         self.dist = init_distributed(device.type)
         if device.type == "cuda" and (self.dist.enabled or device.index is None):
             device = torch.device("cuda", self.dist.local_rank if self.dist.enabled else 0)

@@ -270,3 +270,10 @@ def test_training_state_loads_with_weights_only(tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_training_state(tmp_path / "bad.pt")
     one_line(e)
+
+
+def test_wrapped_models_save_as_the_model_inside(tmp_path):
+    m = TinyMLP(3)
+    path = save_model(torch.compile(m), tmp_path / "w.safetensors")  # compiles only when called
+    assert read_metadata(path).model == "test-mlp"
+    assert torch.equal(load_model(path).inp.weight, m.inp.weight)

@@ -440,3 +440,11 @@ def test_bf16_autocast_can_be_asked_for_on_cpu(tmp_path):
     Probe.dtypes.clear()
     Trainer(Probe(), Points(), cfg(steps=2, bf16=True), out_dir=tmp_path / "b").fit()
     assert set(Probe.dtypes) == {torch.bfloat16}
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path):
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        Trainer(Gaussian(), Points(jitter=0.1), cfg(steps=8, ckpt_every=8, num_workers=workers),
+                out_dir=tmp_path / str(workers)).fit()
+    _assert_same_weights(tmp_path / "0", tmp_path / "2")
