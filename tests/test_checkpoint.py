@@ -272,6 +272,7 @@ def test_training_state_loads_with_weights_only(tmp_path):
     one_line(e)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch's compile imports
 def test_wrapped_models_save_as_the_model_inside(tmp_path):
     m = TinyMLP(3)
     path = save_model(torch.compile(m), tmp_path / "w.safetensors")  # compiles only when called
