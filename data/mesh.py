@@ -232,19 +232,13 @@ class Assembly:
         surface without the parts of each part's surface that lie inside another part."""
         v, t, pid = self.mesh()
         tri = v[t]
-        area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-        cum = np.cumsum(area)
+        cum = np.cumsum(triangle_areas(tri))
         boxes = [(part, *_bounds(v[t[pid == i]].reshape(-1, 3)))
                  for i, part in enumerate(self.parts)]
         out: list[np.ndarray] = []
         have, want = 0, int(n * 1.5) + 64
         while have < n:
-            idx = np.minimum(np.searchsorted(cum, rng.random(want) * cum[-1], side="right"),
-                             len(cum) - 1)
-            r1, r2 = rng.random(want), rng.random(want)
-            s = np.sqrt(r1)[:, None]
-            a, b, c = tri[idx, 0], tri[idx, 1], tri[idx, 2]
-            pts = (1 - s) * a + s * (1 - r2[:, None]) * b + s * r2[:, None] * c
+            pts, idx = _sample_cum(tri, cum, want, rng)
             src = pid[idx]
             hidden = np.zeros(want, bool)
             for i, part in enumerate(self.parts):
@@ -271,6 +265,29 @@ class Assembly:
                                       o3d.utility.Vector3iVector(t.astype(np.int32)))
         m.compute_vertex_normals()
         return m
+
+
+def triangle_areas(tri: np.ndarray) -> np.ndarray:
+    """Areas ``(T,)`` of triangles given as corners ``(T, 3, 3)``."""
+    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+
+
+def _sample_cum(tri: np.ndarray, cum: np.ndarray, n: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.minimum(np.searchsorted(cum, rng.random(n) * cum[-1], side="right"), len(cum) - 1)
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)[:, None]
+    a, b, c = tri[idx, 0], tri[idx, 1], tri[idx, 2]
+    return (1 - s) * a + s * (1 - r2[:, None]) * b + s * r2[:, None] * c, idx
+
+
+def sample_surface(vertices: np.ndarray, triangles: np.ndarray, n: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """``n`` points ``(n, 3)`` float32 uniform by area on a triangle mesh (``vertices`` (V, 3),
+    ``triangles`` (T, 3) int). The mesh must have a positive area."""
+    tri = np.asarray(vertices, np.float64)[np.asarray(triangles)]
+    cum = np.cumsum(triangle_areas(tri))
+    return _sample_cum(tri, cum, n, rng)[0].astype(np.float32)
 
 
 def _bounds(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

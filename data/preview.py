@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+
 from flowsuite.core.io import atomic_path
 
 

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
+
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.data.mesh import (
     Assembly,
