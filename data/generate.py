@@ -29,11 +29,11 @@ MANIFEST = "shapes.json"
 
 
 def split_counts(n: int, val: float = 0.1, test: float = 0.1) -> dict[str, int]:
-    """How many of ``n`` shapes go to train, val and test (val and test get at least one each
-    once ``n >= 3``)."""
+    """How many of ``n`` shapes go to train, val and test (a split with a positive fraction
+    gets at least one shape once ``n >= 3``)."""
     nv, nt = int(round(n * val)), int(round(n * test))
     if n >= 3:
-        nv, nt = max(nv, 1), max(nt, 1)
+        nv, nt = max(nv, int(val > 0)), max(nt, int(test > 0))
     return {"train": n - nv - nt, "val": nv, "test": nt}
 
 
