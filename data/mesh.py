@@ -274,11 +274,11 @@ def triangle_areas(tri: np.ndarray) -> np.ndarray:
 
 def _sample_cum(tri: np.ndarray, cum: np.ndarray, n: int,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.minimum(np.searchsorted(cum, rng.random(n) * cum[-1], side="right"), len(cum) - 1)
-    r1, r2 = rng.random(n), rng.random(n)
-    s = np.sqrt(r1)[:, None]
-    a, b, c = tri[idx, 0], tri[idx, 1], tri[idx, 2]
-    return (1 - s) * a + s * (1 - r2[:, None]) * b + s * r2[:, None] * c, idx
+    u = rng.random((3, n))
+    idx = np.minimum(np.searchsorted(cum, u[0] * cum[-1], side="right"), len(cum) - 1)
+    s = np.sqrt(u[1])
+    w = np.stack([1 - s, s * (1 - u[2]), s * u[2]], 1)  # barycentric weights (n, 3)
+    return np.einsum("nk,nkd->nd", w, tri[idx]), idx
 
 
 def sample_surface(vertices: np.ndarray, triangles: np.ndarray, n: int,

@@ -175,10 +175,17 @@ def _choose(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 
 def global_stats(clouds: Sequence[np.ndarray]) -> dict:
-    """Mean ``(3,)`` of all points and the std of all their centred coordinates."""
-    allp = np.concatenate([np.asarray(c, np.float64) for c in clouds])
-    mean = allp.mean(0)
-    return {"mean": mean, "std": float((allp - mean).std())}
+    """Mean ``(3,)`` of all points and the std of all their centred coordinates (accumulated
+    shape by shape in float64, without stacking every point)."""
+    n, s1, s2 = 0, np.zeros(3), 0.0
+    for c in clouds:
+        c = np.asarray(c, np.float64)
+        n += len(c)
+        s1 += c.sum(0)
+        s2 += float(np.einsum("ij,ij->", c, c))
+    mean = s1 / n
+    var = max(s2 / n - float(mean @ mean), 0.0) / 3
+    return {"mean": mean, "std": float(np.sqrt(var))}
 
 
 # -------------------------------------------------------------------------- finding the files
@@ -298,25 +305,47 @@ def _carve(files: list[Path], frac: float, seed: int, name: str
 
 # ------------------------------------------------------------------------------------- loading
 
+def _read_one(task: tuple[Path, int, int]) -> tuple[np.ndarray | None, str | None]:
+    f, surface_points, key = task
+    try:
+        return read_shape(f, surface_points, _shape_rng(key >> 32, 4, key & 0xFFFFFFFF)), None
+    except BadShapeFile as e:
+        return None, str(e)
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+
+
 def _load(files: list[Path], surface_points: int, seed: int, root: Path, progress: bool,
-          desc: str) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
+          desc: str, workers: int | None = None
+          ) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
     from tqdm import tqdm
 
+    from flowsuite.data.generate import _pool_context
+
+    tasks = []
+    for f in files:
+        rel = f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f)
+        tasks.append((f, surface_points, ((int(seed) & 0xFFFFFFFF) << 32) | _stable_key(rel)))
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(tasks) // 32))
+    bar = tqdm(total=len(tasks), desc=desc, unit="file", disable=not progress)
+    results = []
+    if n_workers == 1:
+        for t in tasks:
+            results.append(_read_one(t))
+            bar.update()
+    else:  # each file's points depend only on (seed, its path): any worker count gives the same
+        with _pool_context().Pool(n_workers) as pool:
+            for r in pool.imap(_read_one, tasks, chunksize=16):
+                results.append(r)
+                bar.update()
+    bar.close()
     clouds: list[np.ndarray | None] = []
     skipped: list[tuple[Path, str]] = []
-    for f in tqdm(files, desc=desc, unit="file", disable=not progress):
-        rel = f.relative_to(root).as_posix() if f.is_relative_to(root) else str(f)
-        try:
-            clouds.append(read_shape(f, surface_points, _shape_rng(seed, 4, _stable_key(rel))))
-        except BadShapeFile as e:
-            clouds.append(None)
-            skipped.append((f, str(e)))
-            warnings.warn(f"skipped {f}: {e}", ShapeFileWarning, stacklevel=3)
-        except OSError as e:
-            clouds.append(None)
-            skipped.append((f, f"unreadable: {e.strerror or e}"))
-            warnings.warn(f"skipped {f}: unreadable ({e.strerror or e})", ShapeFileWarning,
-                          stacklevel=3)
+    for f, (cloud, reason) in zip(files, results, strict=True):
+        clouds.append(cloud)
+        if reason is not None:
+            skipped.append((f, reason))
+            warnings.warn(f"skipped {f}: {reason}", ShapeFileWarning, stacklevel=3)
     return clouds, skipped
 
 
@@ -333,7 +362,8 @@ def open_shapes(path: str | os.PathLike, split: str = "train",
                 categories: Sequence[str] | None = None, normalize: str = "global",
                 points_per_shape: int | None = 2048, surface_points: int = 15000,
                 seed: int = 0, split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                stats: dict | None = None, progress: bool = False) -> ShapeDataset:
+                stats: dict | None = None, progress: bool = False,
+                workers: int | None = None) -> ShapeDataset:
     """Opens the shapes under ``path`` (layout detected, see the module doc) as a
     :class:`ShapeDataset` of ``split``.
 
@@ -341,6 +371,7 @@ def open_shapes(path: str | os.PathLike, split: str = "train",
     ``unit_box``, ``unit_sphere``, ``global`` (statistics of the training split; pass ``stats``
     to reuse a model's), ``none``. ``points_per_shape``: points per item (``None``: all).
     ``surface_points``: points sampled on each mesh (and the cap for point-cloud files).
+    ``workers``: processes reading files (default: the CPU count; small sets read in-process).
     Raises ``FlowsuiteError`` for a folder with nothing usable.
     """
     root = Path(path)
@@ -369,7 +400,8 @@ def open_shapes(path: str | os.PathLike, split: str = "train",
     if not files:
         raise FlowsuiteError(f"{root} has no {split} shapes for {', '.join(names)}; "
                              "check the folder's train/val/test sub-folders")
-    clouds, skipped = _load(files, surface_points, seed, root, progress, f"reading {split}")
+    clouds, skipped = _load(files, surface_points, seed, root, progress, f"reading {split}",
+                            workers)
     if skipped:
         warnings.warn(_summary(skipped, len(files), root, split), ShapeFileWarning, stacklevel=2)
     keep = [i for i, c in enumerate(clouds) if c is not None]
@@ -385,7 +417,7 @@ def open_shapes(path: str | os.PathLike, split: str = "train",
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ShapeFileWarning)
                     train = open_shapes(root, "train", names, "global", None, surface_points,
-                                        seed, split_ratios)
+                                        seed, split_ratios, workers=workers)
                 _STATS_CACHE[key] = train.stats
             stats = _STATS_CACHE[key]
     return ShapeDataset([clouds[i] for i in keep], [labels[i] for i in keep],

@@ -228,3 +228,19 @@ def test_cli_inspect(tmp_path):
     res = r.invoke(cli, ["data", "inspect", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
     assert "Traceback" not in res.output
+
+
+def test_parallel_reading_gives_the_same_dataset(tmp_path):
+    root = tmp_path / "par" / "c"
+    root.mkdir(parents=True)
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    for i in range(70):  # meshes, so the per-file sampling seed matters
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v * (1 + i % 5)),
+                                      o3d.utility.Vector3iVector([[0, 2, 1], [0, 1, 3],
+                                                                  [0, 3, 2], [1, 2, 3]]))
+        o3d.io.write_triangle_mesh(str(root / f"{i}.ply"), m)
+    a = open_shapes(root.parent, split_ratios=(1, 0, 0), workers=1, **KW)
+    b = open_shapes(root.parent, split_ratios=(1, 0, 0), workers=2, **KW)
+    assert len(a) == len(b) == 70
+    for i in range(70):
+        np.testing.assert_array_equal(a.cloud(i), b.cloud(i))
