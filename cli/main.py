@@ -63,3 +63,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+# Each part attaches its commands to the groups above.
+from flowsuite.cli import data_cmds  # noqa: E402,F401
