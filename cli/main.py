@@ -63,3 +63,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+from flowsuite.cli import data_music_cmds  # noqa: E402,F401

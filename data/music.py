@@ -180,10 +180,14 @@ def plan(seed: int, styles: Sequence[str] = STYLES) -> Iterator[Piece]:
             raise FlowsuiteError(f"unknown music style {s!r}; choose from {', '.join(STYLES)}")
     if not styles:
         raise FlowsuiteError(f"no music style chosen; choose from {', '.join(STYLES)}")
-    rng = np.random.default_rng([seed, 0x5EED])
+    pools = {s: corpus_pieces(s) for s in styles}
+    return _endless(np.random.default_rng([seed, 0x5EED]), styles, pools)
+
+
+def _endless(rng: np.random.Generator, styles: list[str], pools: dict[str, tuple[Piece, ...]]
+             ) -> Iterator[Piece]:
     weights = np.array([STYLE_WEIGHTS[s] for s in styles])
     weights /= weights.sum()
-    pools = {s: corpus_pieces(s) for s in styles}
     orders: dict[str, list[int]] = {s: [] for s in styles}
     while True:
         s = styles[int(rng.choice(len(styles), p=weights))]
@@ -623,7 +627,7 @@ def render_music_set(out: str | os.PathLike, hours: float = 1.0, seed: int = 0,
     total = 0.0
     pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
             if workers > 1 else None)
-    bar = tqdm(total=round(target), unit="s", desc="rendering music", disable=not progress)
+    bar = tqdm(total=target, unit="s", desc="rendering music", disable=not progress)
     try:
         pending: list[Future | dict | None] = []
         next_index = 0
