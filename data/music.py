@@ -267,17 +267,56 @@ def midi_parts(midi_bytes: bytes) -> list[Part]:
     return parts
 
 
-def score_parts(piece: Piece) -> list[Part]:
-    """Parses a corpus piece with music21 and returns its parts as notes in seconds."""
-    from music21 import converter, midi
+def _truncate(score: Any, seconds: float) -> None:
+    """Drops the measures of every part that begin after ``seconds`` of the score at its fastest
+    marked tempo (with a margin): music21's MIDI export is slow, and costs time per measure."""
+    marks = score.metronomeMarkBoundaries()
+    qps = max([m.getQuarterBPM() / 60.0 for _, _, m in marks if m.getQuarterBPM()] + [2.0])
+    quarters = seconds * qps * 1.1 + 8.0
+    for part in score.parts:
+        for measure in list(part.getElementsByClass("Measure")):
+            if measure.offset > quarters:
+                part.remove(measure)
+
+
+def score_parts(piece: Piece, seconds: float = float("inf")) -> list[Part]:
+    """Parses a corpus piece with music21 and returns its parts as notes in seconds; with
+    ``seconds`` the score may be cut after that much music to save time."""
+    from music21 import converter
 
     path = str(_corpus_root() / piece.path)
     kwargs: dict[str, Any] = {"forceSource": True}
     if piece.number is not None:
         kwargs["number"] = piece.number
     score = converter.parse(path, **kwargs)
-    midi_file = midi.translate.music21ObjectToMidiFile(score)
-    return midi_parts(midi_file.writestr())
+    if seconds < float(score.duration.quarterLength) / 2.0:  # shorter than the whole at 120/min
+        _truncate(score, seconds)
+    return midi_parts(_midi_bytes(score))
+
+
+def _midi_bytes(score: Any) -> bytes:
+    """music21's MIDI export, which plays repeats; a score whose repeats it cannot expand (a
+    corpus file's, or one cut between a start and an end repeat) is played straight through."""
+    from music21 import bar, midi, repeat
+
+    try:
+        return midi.translate.music21ObjectToMidiFile(score).writestr()
+    except repeat.ExpanderException:
+        for measure in score.recurse().getElementsByClass("Measure"):
+            if isinstance(measure.leftBarline, bar.Repeat):
+                measure.leftBarline = None
+            if isinstance(measure.rightBarline, bar.Repeat):
+                measure.rightBarline = None
+        for bracket in list(score.recurse().getElementsByClass(_repeat_spanners())):
+            score.remove(bracket, recurse=True)
+        return midi.translate.music21ObjectToMidiFile(score).writestr()
+
+
+def _repeat_spanners() -> tuple[type, ...]:
+    """music21 objects that direct repeats: first and second endings, da capo and segno marks."""
+    from music21 import repeat, spanner
+
+    return (spanner.RepeatBracket, repeat.RepeatExpression)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,11 +474,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60]
 
 
-def vary(piece: Piece, parts: list[Part], rng: np.random.Generator) -> dict[str, Any]:
-    """Draws the variation of one rendering: tempo factor, transposition (kept inside the MIDI
-    range), instrument family and programs, reverb amount."""
-    lo, hi = TEMPO_RANGE[piece.style]
-    tempo = float(np.round(rng.uniform(lo, hi), 3))
+def vary(piece: Piece, parts: list[Part], rng: np.random.Generator, tempo: float
+         ) -> dict[str, Any]:
+    """Draws the rest of the variation of one rendering (after its tempo factor): transposition
+    (kept inside the MIDI range), instrument family and programs, reverb amount."""
     transpose = int(rng.integers(-TRANSPOSE_RANGE, TRANSPOSE_RANGE + 1))
     pmin = min(float(p.notes[:, 2].min()) for p in parts)
     pmax = max(float(p.notes[:, 2].max()) for p in parts)
@@ -474,10 +512,12 @@ def render_piece(piece: Piece, seed: int, index: int, synth: Synth,
     normalised, at most ``max_seconds`` long) and its manifest fields, or ``None`` when the piece
     has no notes or is shorter than ``MIN_PIECE_SECONDS``."""
     rng = np.random.default_rng([seed, index])
-    parts = score_parts(piece)[:15]
+    lo, hi = TEMPO_RANGE[piece.style]
+    tempo = float(np.round(rng.uniform(lo, hi), 3))
+    parts = score_parts(piece, max_seconds * tempo)[:15]
     if not parts:
         return None
-    v = vary(piece, parts, rng)
+    v = vary(piece, parts, rng, tempo)
     played = _apply(parts, v, max_seconds, rng)
     if not played:
         return None
