@@ -66,3 +66,4 @@ if __name__ == "__main__":
 
 # Each part attaches its commands to the groups above.
 from flowsuite.cli import data_cmds  # noqa: E402,F401
+from flowsuite.cli import data_music_cmds  # noqa: E402,F401
