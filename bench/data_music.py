@@ -1,7 +1,7 @@
 """Benchmark of the music data: render speed of `gen data music` and reading throughput of
 AudioFolder. Prints the figures and saves them as JSON.
 
-    python bench/data_music.py --minutes 6 --workers 1 2 --out bench/data_music.json
+    python bench/data_music.py --minutes 6 --workers 1 2 --out bench/results/data_music.json
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--segment", type=int, default=16000)
-    ap.add_argument("--out", type=Path, default=Path("bench/data_music.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/data_music.json"))
     args = ap.parse_args()
 
     from flowsuite.core.io import atomic_path
