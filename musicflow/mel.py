@@ -79,7 +79,8 @@ class MelSpectrogram(nn.Module):
 
     Also the STFT and its inverse with the same framing (:meth:`stft`, :meth:`istft`), and the
     approximate inverse of the mel projection (:meth:`to_linear`). The window and filterbank are
-    non-persistent buffers: they are rebuilt from the arguments, never saved.
+    non-persistent float64 buffers: they are rebuilt from the arguments, never saved, and cast
+    to the signal's precision (float32, or float64 for float64 signals) when used.
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, hop: int = HOP,
@@ -95,9 +96,10 @@ class MelSpectrogram(nn.Module):
         window = torch.hann_window(win, periodic=True, dtype=torch.float64)
         left = (n_fft - win) // 2  # a window shorter than n_fft sits in the middle of the frame
         window = F.pad(window, (left, n_fft - win - left))
-        self.register_buffer("window", window.float(), persistent=False)
-        self.register_buffer("basis", mel_filterbank(sample_rate, n_fft, n_mel, fmin, fmax)
-                             .float(), persistent=False)
+        # Kept in float64 and cast to the signal's precision when used.
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("basis", mel_filterbank(sample_rate, n_fft, n_mel, fmin, fmax),
+                             persistent=False)
 
     @property
     def n_freq(self) -> int:
@@ -155,17 +157,21 @@ class MelSpectrogram(nn.Module):
         ``exp(log_mel)`` ``(B, n_mel, F)`` in least squares, subject to being non-negative
         (multiplicative updates for non-negative least squares, started from the transposed
         filterbank)."""
-        basis = self.basis.to(log_mel.dtype if log_mel.is_floating_point() else torch.float32)
+        basis = self.basis.to(torch.float64 if log_mel.dtype == torch.float64 else torch.float32)
+        support = basis.sum(0) > 0  # bins outside every filter stay at zero
+        sub = basis[:, support]
         target = torch.exp(log_mel.to(basis.dtype))
-        gram = basis.T @ basis
-        numer = torch.matmul(basis.T, target)
-        est = numer / basis.sum(0).square().clamp_min(1e-12)[:, None].sqrt()
+        gram = sub.T @ sub
+        numer = torch.matmul(sub.T, target)
+        est = numer / sub.sum(0)[:, None]
         for _ in range(iterations):
             est = est * numer / torch.matmul(gram, est).clamp_min(1e-12)
-            # Bins outside every filter decay towards zero; flush them before they turn into
-            # denormals, which slow every later operation on the CPU by orders of magnitude.
+            # Flush vanishing values before they turn into denormals, which slow every later
+            # operation on the CPU by orders of magnitude.
             est = est.masked_fill(est < 1e-20, 0.0)
-        return est
+        out = est.new_zeros(*est.shape[:-2], basis.shape[1], est.shape[-1])
+        out[..., support, :] = est
+        return out
 
     def griffin_lim(self, magnitude: Tensor, iterations: int = 32, momentum: float = 0.99,
                     generator: torch.Generator | None = None) -> Tensor:
