@@ -46,10 +46,11 @@ PRESETS: dict[str, dict] = {
     # of 8 layers and width 256, the mel upsampled to the sample rate by a transposed convolution.
     "paper": dict(n_flows=12, n_group=8, n_early_every=4, n_early_size=2, wn_layers=8,
                   wn_channels=256, kernel_size=3, upsample="transposed"),
-    # For CPUs: groups of 16 samples halve the steps per second, 8 steps of narrow 4-layer
-    # WaveNets, and the mel interpolated straight to the squeezed rate (80 context channels
-    # instead of 80 * 16). See bench/BENCHMARKS_musicflow.md for the measured speed.
-    "compact": dict(n_flows=8, n_group=16, n_early_every=4, n_early_size=4, wn_layers=4,
+    # For CPUs: groups of 32 samples (a quarter of the paper's steps per second; SqueezeWave
+    # goes further), 8 steps of 6-layer WaveNets of width 64, and the mel interpolated straight
+    # to the squeezed rate (80 context channels instead of 80 * 32). Chosen among candidates by
+    # measured speed: see bench/BENCHMARKS_musicflow.md.
+    "compact": dict(n_flows=8, n_group=32, n_early_every=4, n_early_size=8, wn_layers=6,
                     wn_channels=64, kernel_size=3, upsample="linear"),
 }
 
@@ -244,7 +245,8 @@ class WaveGlow(nn.Module):
         """``log p(audio | mel)`` in nats, ``(B,)``. ``audio: (B, F * hop)``; ``mel: (B, n_mel,
         F)``, computed from the audio by ``self.mel`` when left out."""
         audio, mel = self._check_pair(audio, mel)
-        return self.flow.log_prob(audio[:, None].to(self._dtype()), self.upsample(mel))
+        dtype = self._dtype()
+        return self.flow.log_prob(audio[:, None].to(dtype), self.upsample(mel.to(dtype)))
 
     def forward(self, batch: dict | tuple | list | Tensor) -> dict[str, Tensor]:
         """The trainer's loss: ``batch`` is ``{"audio": (B, T), "mel": (B, n_mel, F)}`` (``mel``
@@ -296,16 +298,16 @@ class WaveGlow(nn.Module):
         return audio[:, 0]
 
     def _compute_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype | None:
+        """The WaveNets' autocast dtype for ``dtype``: ``None`` for the model's own precision."""
         if isinstance(dtype, str):
             if dtype not in _DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(_DTYPES)}")
             dtype = _DTYPES[dtype]
-        state = self._dtype()
-        if dtype is None or dtype == state:
+        if dtype is None or dtype == self._dtype():
             return None
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16) or \
-                torch.finfo(dtype).bits > torch.finfo(state).bits:
-            raise ValueError(f"cannot run a {state} model in {dtype}; cast the model instead")
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"cannot run a {self._dtype()} model in {dtype}; cast the model "
+                             "(model.to(dtype)) or ask for float16 or bfloat16")
         return dtype
 
     def stream(self, mel: Tensor, sigma: float = 0.6, *, dtype: torch.dtype | str | None = None,

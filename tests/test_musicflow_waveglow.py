@@ -86,7 +86,7 @@ def test_paper_preset_has_about_88m_parameters_and_compact_is_small():
     assert 87e6 < paper.num_parameters() < 89e6
     assert paper.receptive_field_frames > 90  # 12 couplings of 255 squeezed steps each side
     compact = WaveGlow.from_preset("compact")
-    assert compact.num_parameters() < 2e6
+    assert compact.num_parameters() < 3e6
     assert set(PRESETS) == {"paper", "compact"}
 
 
