@@ -50,10 +50,23 @@ def load() -> float:
         return float("nan")
 
 
-def build(preset: str, device: str, **overrides) -> WaveGlow:
+# Designs tried for the compact preset (float32, first thread count): how the squeeze group,
+# the number of steps and the WaveNet size trade against speed.
+CANDIDATES: dict[str, dict] = {
+    "g16-8x4L64": dict(n_flows=8, n_group=16, n_early_every=4, n_early_size=4, wn_layers=4,
+                       wn_channels=64, upsample="linear"),
+    "g32-8x4L64": dict(n_flows=8, n_group=32, n_early_every=4, n_early_size=8, wn_layers=4,
+                       wn_channels=64, upsample="linear"),
+    "g32-12x4L64": dict(n_flows=12, n_group=32, n_early_every=4, n_early_size=8, wn_layers=4,
+                        wn_channels=64, upsample="linear"),
+    "g32-8x6L96": dict(n_flows=8, n_group=32, n_early_every=4, n_early_size=8, wn_layers=6,
+                       wn_channels=96, upsample="linear"),
+}
+
+
+def build(config: dict, device: str) -> WaveGlow:
     torch.manual_seed(0)
-    model = WaveGlow.from_preset(preset, **overrides).to(device).eval()
-    return model
+    return WaveGlow(**config).to(device).eval()
 
 
 def sync(device: str) -> None:
@@ -69,11 +82,17 @@ def time_infer(model: WaveGlow, mel: torch.Tensor, device: str, **kw) -> float:
     return time.perf_counter() - t0
 
 
-def speed(args: argparse.Namespace) -> list[dict]:
-    """Interleaved timing of every (preset, upsampler, dtype, threads) case."""
+def speed_cases(args: argparse.Namespace) -> list[dict]:
     on_cpu = args.device == "cpu"
     thread_counts = args.threads if on_cpu else [torch.get_num_threads()]
     cases = []
+
+    def add(name: str, config: dict, dtype: str, threads: int, seconds: float, runs: int,
+            chunk: int | None = None) -> None:
+        cases.append({"name": name, "config": config, "upsample": config["upsample"],
+                      "dtype": dtype, "threads": threads, "seconds": seconds,
+                      "chunk_frames": chunk, "runs": runs})
+
     for preset in args.presets:
         upsamplers = [PRESETS[preset]["upsample"]]
         if preset == "compact" and args.compare_upsamplers:
@@ -81,26 +100,34 @@ def speed(args: argparse.Namespace) -> list[dict]:
         slow = preset == "paper" and on_cpu
         seconds = args.paper_seconds if slow else args.seconds
         for up in upsamplers:
+            config = {**PRESETS[preset], "upsample": up}
             for dtype in args.dtypes:
                 for threads in thread_counts:
-                    cases.append({"preset": preset, "upsample": up, "dtype": dtype,
-                                  "threads": threads, "seconds": seconds, "chunk_frames": None,
-                                  "runs": 1 if slow else args.repeats})
+                    add(preset, config, dtype, threads, seconds, 1 if slow else args.repeats)
         if preset == "compact":  # the cost of the chunks' overlap
-            cases.append({"preset": preset, "upsample": upsamplers[0], "dtype": args.dtypes[0],
-                          "threads": thread_counts[0], "seconds": seconds,
-                          "chunk_frames": args.chunk_frames, "runs": args.repeats})
+            add(preset, PRESETS[preset], args.dtypes[0], thread_counts[0], seconds,
+                args.repeats, args.chunk_frames)
+    if args.candidates:
+        for name, config in CANDIDATES.items():
+            add(name, config, "float32", thread_counts[0], args.seconds, args.repeats)
+    return cases
+
+
+def speed(args: argparse.Namespace) -> list[dict]:
+    """Interleaved timing of every case (preset or candidate, upsampler, dtype, threads)."""
+    cases = speed_cases(args)
     g = torch.Generator().manual_seed(0)
-    models: dict[tuple, WaveGlow] = {}
+    models: dict[str, WaveGlow] = {}
     mels, times = [], []
     for c in cases:  # build and warm up
-        key = (c["preset"], c["upsample"])
+        key = json.dumps(c["config"], sort_keys=True)
         if key not in models:
-            models[key] = build(c["preset"], args.device, upsample=c["upsample"])
+            models[key] = build(c["config"], args.device)
+        c["model"] = models[key]
         frames = round(c["seconds"] * SR / HOP)
         mels.append((torch.randn(1, 80, frames, generator=g) - 5.0).to(args.device))
         torch.set_num_threads(c["threads"])
-        time_infer(models[key], mels[-1], args.device, dtype=c["dtype"],
+        time_infer(c["model"], mels[-1], args.device, dtype=c["dtype"],
                    chunk_frames=c["chunk_frames"])
         times.append([])
     for r in range(args.repeats):
@@ -108,21 +135,22 @@ def speed(args: argparse.Namespace) -> list[dict]:
             c = cases[i]
             if len(times[i]) < c["runs"]:
                 torch.set_num_threads(c["threads"])
-                times[i].append(time_infer(models[(c["preset"], c["upsample"])], mels[i],
-                                           args.device, dtype=c["dtype"],
+                times[i].append(time_infer(c["model"], mels[i], args.device, dtype=c["dtype"],
                                            chunk_frames=c["chunk_frames"]))
     rows = []
     for c, mel, t in zip(cases, mels, times, strict=True):
         samples = mel.shape[-1] * HOP
         best, med = min(t), statistics.median(t)
+        model = c.pop("model")
         row = dict(c, device=args.device, samples=samples, runs=len(t), best_s=best,
                    median_s=med, khz_best=samples / best / 1e3, khz_median=samples / med / 1e3,
                    x_realtime_best=samples / SR / best, x_realtime_median=samples / SR / med,
-                   parameters=models[(c["preset"], c["upsample"])].num_parameters())
+                   parameters=model.num_parameters(),
+                   receptive_field_frames=model.receptive_field_frames)
         rows.append(row)
-        print(f"{c['preset']:8s} {c['upsample']:10s} {c['dtype']:9s} threads={c['threads']} "
-              f"chunk={c['chunk_frames']} "
-              f"{c['seconds']:5.1f} s audio: best {best:6.2f} s = {row['khz_best']:7.1f} kHz "
+        print(f"{c['name']:12s} {c['upsample']:10s} {c['dtype']:9s} threads={c['threads']} "
+              f"chunk={c['chunk_frames']} {model.num_parameters() / 1e6:6.2f} M "
+              f"{c['seconds']:4.1f} s audio: best {best:6.2f} s = {row['khz_best']:7.1f} kHz "
               f"= {row['x_realtime_best']:6.2f}x real time "
               f"(median {row['x_realtime_median']:.2f}x)", flush=True)
     return rows
@@ -136,7 +164,7 @@ def _status_kb(field: str) -> int:
 def _memory_child(preset: str, seconds: float, chunk: int | None, threads: int,
                   queue: mp.Queue) -> None:
     torch.set_num_threads(threads)
-    model = build(preset, "cpu")
+    model = build(PRESETS[preset], "cpu")
     model.infer(torch.randn(1, 80, 64) - 5.0, chunk_frames=chunk)  # warm-up
     mel = torch.randn(1, 80, round(seconds * SR / HOP)) - 5.0
     with open("/proc/self/clear_refs", "w") as f:
@@ -161,12 +189,12 @@ def memory(args: argparse.Namespace) -> list[dict]:
         for chunk in (None, args.chunk_frames):
             q = ctx.Queue()
             p = ctx.Process(target=_memory_child,
-                            args=("compact", seconds, chunk, args.memory_threads, q))
+                            args=(args.memory_preset, seconds, chunk, args.memory_threads, q))
             p.start()
             row = q.get()
             p.join()
             rows.append(row)
-            print(f"memory compact {seconds:5.0f} s chunk={chunk}: peak "
+            print(f"memory {args.memory_preset} {seconds:5.0f} s chunk={chunk}: peak "
                   f"+{row['peak_increase_mb']:.0f} MB over {row['rss_before_mb']:.0f} MB "
                   f"(output {row['output_mb']:.1f} MB), {row['time_s']:.1f} s", flush=True)
     return rows
@@ -182,9 +210,14 @@ def main() -> None:
     ap.add_argument("--paper-seconds", type=float, default=1.0,
                     help="audio per timed synthesis of the paper preset on the CPU (timed once)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                    help="time synthesis (--no-speed: memory only)")
     ap.add_argument("--compare-upsamplers", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--candidates", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the designs tried for the compact preset")
     ap.add_argument("--memory-seconds", nargs="*", type=float, default=[10.0, 60.0],
-                    help="audio lengths for the memory measurement (CPU, compact; none = skip)")
+                    help="audio lengths for the memory measurement (CPU; none = skip)")
+    ap.add_argument("--memory-preset", default="compact", choices=list(PRESETS))
     ap.add_argument("--memory-threads", type=int, default=1)
     ap.add_argument("--chunk-frames", type=int, default=256)
     ap.add_argument("--out", type=Path, default=Path("bench/results/musicflow_speed_cpu.json"))
@@ -200,7 +233,7 @@ def main() -> None:
         print(f"{name}: {m.num_parameters():,} parameters, receptive field "
               f"+-{m.receptive_field_frames} frames", flush=True)
     load_before = load()
-    rows = speed(args)
+    rows = speed(args) if args.speed else []
     mem = memory(args) if args.device == "cpu" and args.memory_seconds else []
     result = {"machine": machine(), "load_average_before": load_before,
               "load_average_after": load(), "args": {k: (str(v) if isinstance(v, Path) else v)
