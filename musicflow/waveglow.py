@@ -330,15 +330,20 @@ class WaveGlow(nn.Module):
         overlap = self.receptive_field_frames if overlap_frames is None else overlap_frames
         # Denoising a sample reads the audio up to one STFT window away.
         margin = math.ceil(self.mel.n_fft / self.hop) if denoise > 0 else 0
-        with torch.no_grad(), compute_dtype(self, low):
-            bias = self.bias_spectrum() * denoise if denoise > 0 else None
-            for a in range(0, frames, chunk):
-                b = min(frames, a + chunk)
-                lo, hi = max(0, a - overlap - margin), min(frames, b + overlap + margin)
+        # The contexts are entered per chunk, never across a yield: the caller's code between
+        # chunks keeps its own grad mode and the WaveNets their own precision.
+        bias = None
+        if denoise > 0:
+            with torch.no_grad(), compute_dtype(self, low):
+                bias = self.bias_spectrum() * denoise
+        for a in range(0, frames, chunk):
+            b = min(frames, a + chunk)
+            lo, hi = max(0, a - overlap - margin), min(frames, b + overlap + margin)
+            with torch.no_grad(), compute_dtype(self, low):
                 audio = self._synthesise(mel[..., lo:hi], sigma, seed, lo)
                 if bias is not None:
                     audio = self._subtract(audio, bias)
-                yield audio[:, (a - lo) * self.hop:(b - lo) * self.hop].float()
+            yield audio[:, (a - lo) * self.hop:(b - lo) * self.hop].float()
 
     def infer(self, mel: Tensor, sigma: float = 0.6, *, dtype: torch.dtype | str | None = None,
               chunk_frames: int | None = None, overlap_frames: int | None = None,

@@ -218,6 +218,16 @@ def test_chunked_synthesis_equals_whole_synthesis(upsample):
     assert [p.shape[-1] for p in pieces] == [8 * HOP, 8 * HOP, 7 * HOP]
 
 
+def test_a_paused_stream_leaves_grad_mode_and_precision_alone():
+    model = tiny(scale=0.05)
+    stream = model.stream(random_mel(1, 12), chunk_frames=4, dtype=torch.bfloat16, denoise=0.05)
+    first = next(stream)
+    assert first.shape == (1, 4 * HOP)
+    assert torch.is_grad_enabled()
+    assert all(m.compute_dtype is None for m in model.modules() if isinstance(m, WaveNet))
+    assert len(list(stream)) == 2
+
+
 def test_chunked_denoised_synthesis_equals_whole():
     model = tiny(scale=0.05)
     mel = random_mel(1, 19)
