@@ -275,9 +275,11 @@ class WaveGlow(nn.Module):
         """Standard normal noise ``(batch, n_group, frames * hop / n_group)`` for the frames
         ``[start_frame, start_frame + frames)`` of a signal: the same at each position whatever
         the window asked for."""
+        if seed < 0:
+            raise ValueError(f"the seed must be a non-negative integer, got {seed}")
         steps = self.hop // self.n_group
-        first, last = start_frame // NOISE_BLOCK_FRAMES, (start_frame + frames - 1) // \
-            NOISE_BLOCK_FRAMES
+        first = start_frame // NOISE_BLOCK_FRAMES
+        last = (start_frame + frames - 1) // NOISE_BLOCK_FRAMES
         blocks = []
         for k in range(first, last + 1):
             state = np.random.SeedSequence([seed, k]).generate_state(2, np.uint32)

@@ -270,6 +270,8 @@ def test_bad_inputs_are_clear_errors():
         model.infer(random_mel(1, 2), sigma=-1)
     with pytest.raises(ValueError, match="chunk_frames"):
         model.infer(random_mel(1, 2), chunk_frames=0)
+    with pytest.raises(ValueError, match="seed"):
+        model.infer(random_mel(1, 2), seed=-3)
     with pytest.raises(ValueError, match="unknown dtype"):
         model.infer(random_mel(1, 2), dtype="int8")
     with pytest.raises(ValueError, match="unknown preset"):
