@@ -91,9 +91,10 @@ def latent_bijection(features: int, steps: int, hidden: Sequence[int],
     """The flow over shape latents ``(B, features)`` conditioned on a category embedding.
 
     Affine couplings with a learned ``InvertibleLinear`` between them: both directions take one
-    network pass per layer, so drawing a latent costs as little as scoring one.
+    network pass per layer, so drawing a latent costs as little as scoring one. No ActNorm: its
+    data-dependent start would read the scale of an untrained encoder's codes.
     """
-    layers: list[Bijection] = [ActNorm(features)]
+    layers: list[Bijection] = []
     for i in range(steps):
         layers.append(InvertibleLinear(features))
         layers.append(AffineCoupling(features, parity=i % 2, hidden=tuple(hidden),
