@@ -1,0 +1,354 @@
+"""Distances between point clouds and the distribution metrics of PointFlow (Yang et al., 2019).
+
+Definitions (as PointFlow's evaluation uses them):
+
+- Chamfer distance: ``CD(X, Y) = mean_x min_y |x - y|^2 + mean_y min_x |x - y|^2`` (squared
+  Euclidean distances, each direction averaged over its points, the two directions summed).
+- Earth mover's distance between equal-size sets: ``EMD(X, Y) = min_pi mean_i |x_i - y_pi(i)|``
+  over bijections ``pi`` (Euclidean, not squared), i.e. the 1-Wasserstein distance between the
+  two uniform distributions.
+- Over a generated set ``S`` and a reference set ``R`` with a shape distance ``d``:
+  ``MMD = mean_{r in R} min_{s in S} d(r, s)``; ``COV = |{argmin_r d(s, r) : s in S}| / |R|``;
+  ``1-NNA`` is the accuracy of the leave-one-out 1-nearest-neighbour classifier that tells the
+  two sets apart in ``S u R`` (50% is ideal, 100% means fully separable, below 50% means the
+  generated shapes copy reference shapes).
+- Ties (several nearest neighbours at the same distance): a 1-NNA vote is the fraction of the tied
+  neighbours with the same label, and COV counts every tied reference as matched.
+
+EMD is exact (``scipy.optimize.linear_sum_assignment``) for sets of up to ``exact_max`` points.
+Larger sets use the *cluster* approximation: each cloud is split by recursive median cuts along its
+widest axis into ``clusters`` groups of equal size (a power of two dividing the point count); the
+exact EMD between the group centroids (equal weights) replaces the EMD between the clouds. Since
+moving every point to its centroid is a transport plan, the error is at most the sum of the two
+clouds' mean point-to-centroid distances (their *spread*, returned with the matrix). Measured
+errors are in ``bench/BENCHMARKS_pointflow.md``. If ``clusters`` does not divide the point count, a
+fixed random subset of the largest multiple is used.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+from torch import Tensor
+
+from flowsuite.core import FlowsuiteError
+
+Clouds = Tensor | np.ndarray | Sequence[Tensor | np.ndarray]
+NORMALIZATIONS = {
+    "none": "clouds compared as given (PointFlow's convention: the data set's own scale)",
+    "unit_sphere": "each cloud centred on its bounding-box centre and scaled so that its "
+                   "farthest point lies at distance 1",
+    "unit_box": "each cloud centred on its bounding-box centre and scaled so that its longest "
+                "bounding-box side is 2 (it fits in [-1, 1]^3)",
+}
+CD_DEFINITION = ("mean squared nearest-neighbour distance from X to Y plus from Y to X")
+EMD_DEFINITION = "mean Euclidean distance under the optimal bijection (1-Wasserstein)"
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def as_cloud_list(clouds: Clouds, name: str = "clouds") -> list[np.ndarray]:
+    """Validates clouds ``(K, N, 3)`` or a sequence of ``(n_k, 3)``; returns float64 arrays."""
+    if isinstance(clouds, Tensor | np.ndarray):
+        arr = clouds.detach().cpu().numpy() if isinstance(clouds, Tensor) else clouds
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise FlowsuiteError(f"{name} must be (K, N, 3) or a list of (N, 3) clouds, got "
+                                 f"shape {arr.shape}")
+        items = list(arr)
+    else:
+        items = [c.detach().cpu().numpy() if isinstance(c, Tensor) else np.asarray(c)
+                 for c in clouds]
+    if not items:
+        raise FlowsuiteError(f"{name} is empty: give at least one cloud")
+    out = []
+    for i, c in enumerate(items):
+        if c.ndim != 2 or c.shape[1] != 3 or c.shape[0] == 0:
+            raise FlowsuiteError(f"cloud {i} of {name} must be a non-empty (N, 3) array, got "
+                                 f"shape {c.shape}")
+        c = c.astype(np.float64)
+        if not np.isfinite(c).all():
+            raise FlowsuiteError(f"cloud {i} of {name} contains NaN or infinite coordinates")
+        out.append(c)
+    return out
+
+
+def normalize_clouds(clouds: list[np.ndarray], mode: str) -> list[np.ndarray]:
+    """Applies one of ``NORMALIZATIONS`` to each cloud ``(n, 3)``."""
+    if mode not in NORMALIZATIONS:
+        raise FlowsuiteError(f"unknown normalization {mode!r}; choose from "
+                             f"{sorted(NORMALIZATIONS)}")
+    if mode == "none":
+        return clouds
+    out = []
+    for c in clouds:
+        lo, hi = c.min(0), c.max(0)
+        centred = c - (lo + hi) / 2
+        if mode == "unit_sphere":
+            scale = np.linalg.norm(centred, axis=1).max()
+        else:
+            scale = (hi - lo).max() / 2
+        out.append(centred / scale if scale > 0 else centred)
+    return out
+
+
+# ---- Chamfer --------------------------------------------------------------------------------
+
+def chamfer_distance(x: Tensor, y: Tensor, max_elements: int = 1 << 24) -> Tensor:
+    """Chamfer distance of paired clouds ``x (B, N, 3)`` and ``y (B, M, 3)`` -> ``(B,)``.
+
+    Brute force in torch (any device, differentiable), in chunks of points so that no distance
+    block holds more than ``max_elements`` entries.
+    """
+    if x.dim() != 3 or y.dim() != 3 or x.shape[0] != y.shape[0] or x.shape[2] != 3 \
+            or y.shape[2] != 3:
+        raise FlowsuiteError(f"chamfer_distance needs paired clouds (B, N, 3) and (B, M, 3), got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
+    b, n, _ = x.shape
+    m = y.shape[1]
+    yy = (y * y).sum(-1)  # (B, M)
+    rows = max(1, max_elements // max(1, b * m))
+    x_to_y = []
+    y_to_x = torch.full((b, m), math.inf, dtype=x.dtype, device=x.device)
+    for s in range(0, n, rows):
+        xs = x[:, s:s + rows]
+        d = torch.baddbmm(yy.unsqueeze(1), xs, y.transpose(1, 2), alpha=-2.0)
+        d = (d + (xs * xs).sum(-1, keepdim=True)).clamp_min(0)  # (B, rows, M)
+        x_to_y.append(d.amin(2))
+        y_to_x = torch.minimum(y_to_x, d.amin(1))
+    return torch.cat(x_to_y, 1).mean(1) + y_to_x.mean(1)
+
+
+def _directed_nn_matrix(queries: list[np.ndarray], targets: list[np.ndarray],
+                        workers: int) -> np.ndarray:
+    """``D[i, j] = mean_{x in queries[i]} min_{y in targets[j]} |x - y|^2`` with KD-trees."""
+    sizes = np.array([len(q) for q in queries])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    stacked = np.concatenate(queries)
+    out = np.empty((len(queries), len(targets)))
+    for j, t in enumerate(targets):
+        dist, _ = cKDTree(t, leafsize=16).query(stacked, k=1, workers=workers)
+        out[:, j] = np.add.reduceat(dist * dist, starts) / sizes
+    return out
+
+
+def chamfer_matrix(a: Clouds, b: Clouds | None = None, backend: str = "auto",
+                   workers: int = -1) -> Tensor:
+    """Chamfer distances between every cloud of ``a`` and every cloud of ``b`` (``a`` itself if
+    ``None``): ``(A, B)`` float64.
+
+    ``backend``: ``"kdtree"`` (exact nearest neighbours with scipy's KD-tree, fastest on a CPU;
+    ``workers`` threads, -1 for all), ``"torch"`` (brute force, chunked; on CUDA when available)
+    or ``"auto"`` (torch when CUDA is available, else kdtree).
+    """
+    la = as_cloud_list(a, "a")
+    lb = la if b is None else as_cloud_list(b, "b")
+    if backend == "auto":
+        backend = "torch" if torch.cuda.is_available() else "kdtree"
+    if backend == "kdtree":
+        d_ab = _directed_nn_matrix(la, lb, workers)
+        d_ba = d_ab if b is None else _directed_nn_matrix(lb, la, workers)
+        return torch.from_numpy(d_ab + d_ba.T)
+    if backend != "torch":
+        raise FlowsuiteError(f"unknown Chamfer backend {backend!r}; use auto, kdtree or torch")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.empty(len(la), len(lb), dtype=torch.float64)
+    tb = [torch.from_numpy(c).float().to(device) for c in lb]
+    for i, ca in enumerate(la):
+        x = torch.from_numpy(ca).float().to(device).unsqueeze(0)
+        for j, y in enumerate(tb):
+            out[i, j] = float(chamfer_distance(x, y.unsqueeze(0))[0])
+    return out
+
+
+# ---- EMD ------------------------------------------------------------------------------------
+
+def emd_exact(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
+    """Exact EMD of two clouds of equal size ``(N, 3)``: the mean Euclidean distance under the
+    optimal bijection (Hungarian-type solver; cubic in N, so meant for N up to ~1000)."""
+    xa, ya = as_cloud_list([x], "x")[0], as_cloud_list([y], "y")[0]
+    if len(xa) != len(ya):
+        raise FlowsuiteError(f"exact EMD needs clouds of equal size, got {len(xa)} and "
+                             f"{len(ya)} points")
+    cost = np.linalg.norm(xa[:, None, :] - ya[None, :, :], axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].mean())
+
+
+def balanced_clusters(points: Tensor, clusters: int) -> tuple[Tensor, Tensor]:
+    """Splits each cloud of ``points (K, N, 3)`` into ``clusters`` equal groups by recursive
+    median cuts along the group's widest axis.
+
+    ``clusters`` must be a power of two dividing ``N``. Returns the group centroids
+    ``(K, clusters, 3)`` and each cloud's spread ``(K,)``: its mean point-to-centroid distance.
+    """
+    k, n, _ = points.shape
+    levels = int(round(math.log2(clusters)))
+    if clusters < 1 or 2 ** levels != clusters or n % clusters:
+        raise ValueError(f"clusters must be a power of two dividing {n}, got {clusters}")
+    g = points.unsqueeze(1)  # (K, groups, size, 3)
+    for _ in range(levels):
+        axis = (g.amax(2) - g.amin(2)).argmax(-1)  # (K, G)
+        key = g.gather(3, axis[..., None, None].expand(-1, -1, g.shape[2], 1)).squeeze(-1)
+        order = key.argsort(dim=-1, stable=True)
+        g = g.gather(2, order.unsqueeze(-1).expand(-1, -1, -1, 3))
+        g = g.reshape(k, g.shape[1] * 2, g.shape[2] // 2, 3)
+    centroids = g.mean(2)
+    spread = (g - centroids.unsqueeze(2)).norm(dim=-1).mean((1, 2))
+    return centroids, spread
+
+
+def _cluster_summaries(clouds: list[np.ndarray], clusters: int) -> tuple[list[np.ndarray],
+                                                                         np.ndarray]:
+    """Centroids ``(m, 3)`` and spreads of every cloud, grouped by point count for batching."""
+    cents: list[np.ndarray | None] = [None] * len(clouds)
+    spreads = np.zeros(len(clouds))
+    by_size: dict[int, list[int]] = {}
+    for i, c in enumerate(clouds):
+        by_size.setdefault(len(c), []).append(i)
+    for n, idx in by_size.items():
+        m = min(clusters, 1 << int(math.floor(math.log2(n))))
+        keep = n - n % m
+        batch = torch.from_numpy(np.stack([clouds[i] for i in idx]))
+        if keep < n:  # a fixed random subset whose size m divides
+            sel = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:keep]
+            batch = batch[:, sel.sort().values]
+        cent, spread = balanced_clusters(batch, m)
+        for j, i in enumerate(idx):
+            cents[i] = cent[j].numpy()
+            spreads[i] = float(spread[j])
+    return cents, spreads  # type: ignore[return-value]
+
+
+def _assignment_cost(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean matched Euclidean distance between equal-size sets ``(m, 3)``."""
+    cost = np.sqrt(np.maximum(
+        (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T, 0.0))
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].mean())
+
+
+def emd_matrix(a: Clouds, b: Clouds | None = None, method: str = "auto", clusters: int = 128,
+               exact_max: int = 256) -> tuple[Tensor, dict[str, Any]]:
+    """EMD between every cloud of ``a`` and every cloud of ``b`` (``a`` itself if ``None``).
+
+    ``method``: ``"exact"`` (equal-size clouds), ``"clusters"`` (the approximation described in
+    the module docstring, ``clusters`` groups per cloud) or ``"auto"`` (exact when every cloud has
+    the same size of at most ``exact_max`` points). Returns the ``(A, B)`` float64 matrix and an
+    info dict with ``"emd_method"`` and, for clusters, ``"error_bound"``: the ``(A, B)`` bound
+    on each entry's absolute error.
+    """
+    la = as_cloud_list(a, "a")
+    lb = la if b is None else as_cloud_list(b, "b")
+    sizes = {len(c) for c in la + lb}
+    if method == "auto":
+        method = "exact" if len(sizes) == 1 and sizes.pop() <= exact_max else "clusters"
+    if method == "exact":
+        if len({len(c) for c in la + lb}) != 1:
+            raise FlowsuiteError("exact EMD needs every cloud to have the same number of points; "
+                                 "use method='clusters'")
+        sa, sb = la, lb
+        info: dict[str, Any] = {"emd_method": "exact (linear_sum_assignment)"}
+    elif method == "clusters":
+        sa, spread_a = _cluster_summaries(la, clusters)
+        sb, spread_b = (sa, spread_a) if b is None else _cluster_summaries(lb, clusters)
+        info = {"emd_method": f"clusters ({clusters} balanced median-cut groups per cloud, exact "
+                              "assignment of their centroids)",
+                "error_bound": torch.from_numpy(spread_a[:, None] + spread_b[None, :])}
+    else:
+        raise FlowsuiteError(f"unknown EMD method {method!r}; use auto, exact or clusters")
+    out = torch.zeros(len(sa), len(sb), dtype=torch.float64)
+    for i in range(len(sa)):
+        for j in range(i + 1 if b is None else 0, len(sb)):
+            if len(sa[i]) != len(sb[j]):
+                raise FlowsuiteError("EMD needs clouds of equal size within each pair")
+            out[i, j] = _assignment_cost(sa[i], sb[j])
+            if b is None:
+                out[j, i] = out[i, j]
+    return out, info
+
+
+# ---- distribution metrics -------------------------------------------------------------------
+
+def _ties(row: Tensor, rtol: float = 1e-9) -> Tensor:
+    """Mask of the entries of ``row`` equal to its minimum (within a relative tolerance)."""
+    lo = row.min()
+    return row <= lo + rtol * max(float(lo.abs()), 1e-30)
+
+
+def mmd_cov(d_sr: Tensor) -> dict[str, float]:
+    """MMD and COV from the distances ``d_sr (S, R)`` between generated and reference shapes."""
+    mmd = float(d_sr.min(0).values.mean())
+    covered = torch.zeros(d_sr.shape[1], dtype=torch.bool)
+    for row in d_sr:
+        covered |= _ties(row)
+    return {"mmd": mmd, "cov": float(covered.float().mean())}
+
+
+def one_nn_accuracy(d_ss: Tensor, d_sr: Tensor, d_rr: Tensor) -> float:
+    """Leave-one-out 1-NN accuracy over ``S u R`` from the three blocks of the distance matrix
+    (``d_ss (S, S)``, ``d_sr (S, R)``, ``d_rr (R, R)``); a tie counts as the fraction of the tied
+    neighbours with the right label."""
+    s, r = d_sr.shape
+    full = torch.cat([torch.cat([d_ss, d_sr], 1), torch.cat([d_sr.T, d_rr], 1)], 0).clone()
+    full.fill_diagonal_(math.inf)
+    labels = torch.cat([torch.zeros(s, dtype=torch.bool), torch.ones(r, dtype=torch.bool)])
+    votes = []
+    for i, row in enumerate(full):
+        tied = _ties(row)
+        votes.append(float((labels[tied] == labels[i]).float().mean()))
+    return float(np.mean(votes))
+
+
+def evaluate(generated: Clouds, reference: Clouds, normalization: str = "none",
+             distances: Sequence[str] = ("cd", "emd"), emd_method: str = "auto",
+             emd_clusters: int = 128, exact_max: int = 256, cd_backend: str = "auto"
+             ) -> dict[str, Any]:
+    """MMD, COV and 1-NNA of a generated set against a reference set, with CD and/or EMD.
+
+    Returns a JSON-serialisable dict: ``"MMD-CD"``, ``"COV-CD"``, ``"1-NNA-CD"`` (and the EMD
+    ones), plus ``"normalization"``, ``"emd_method"``, the distance definitions, the set sizes,
+    the mean EMD error bound (cluster approximation) and the seconds taken. COV and 1-NNA are
+    fractions in ``[0, 1]``.
+    """
+    start = time.perf_counter()
+    gen = normalize_clouds(as_cloud_list(generated, "generated"), normalization)
+    ref = normalize_clouds(as_cloud_list(reference, "reference"), normalization)
+    unknown = set(distances) - {"cd", "emd"}
+    if unknown or not distances:
+        raise FlowsuiteError(f"distances must be among 'cd' and 'emd', got {list(distances)}")
+    s = len(gen)
+    report: dict[str, Any] = {
+        "normalization": f"{normalization}: {NORMALIZATIONS[normalization]}",
+        "n_generated": s, "n_reference": len(ref),
+        "points_generated": sorted({len(c) for c in gen}),
+        "points_reference": sorted({len(c) for c in ref}),
+    }
+    union = gen + ref
+    for name in distances:
+        if name == "cd":
+            full = chamfer_matrix(union, backend=cd_backend)
+            report["cd_definition"] = CD_DEFINITION
+        else:
+            full, info = emd_matrix(union, method=emd_method, clusters=emd_clusters,
+                                    exact_max=exact_max)
+            report["emd_definition"] = EMD_DEFINITION
+            report["emd_method"] = info["emd_method"]
+            if "error_bound" in info:
+                report["emd_mean_error_bound"] = float(info["error_bound"][:s, s:].mean())
+        d_ss, d_sr, d_rr = full[:s, :s], full[:s, s:], full[s:, s:]
+        mc = mmd_cov(d_sr)
+        tag = name.upper()
+        report[f"MMD-{tag}"] = mc["mmd"]
+        report[f"COV-{tag}"] = mc["cov"]
+        report[f"1-NNA-{tag}"] = one_nn_accuracy(d_ss, d_sr, d_rr)
+    report["seconds"] = time.perf_counter() - start
+    return report

@@ -1,0 +1,324 @@
+"""The point-cloud model of issue #4: shape latents with a category prior, points from a flow.
+
+A PointNet encoder gives the posterior ``q(z | X)``; an affine-coupling flow conditioned on a
+category embedding is the prior ``p(z | c)``; a flow over 3D points conditioned on ``z`` (and, in
+the manner of SoftFlow, on the level of noise added to the training points) gives ``p(x | z)`` for
+every point independently. Training maximises the ELBO
+
+    log p(X | c) >= E_q[ sum_i log p(x_i | z) ] + E_q[ log p(z | c) ] + H(q)
+
+estimated with one reparameterised sample and divided by the number of points, so the loss is in
+nats per point whatever the size of the cloud.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowsuite.core import Flow, FlowsuiteError, StandardNormal
+from flowsuite.pointflow.layers import (
+    POINT_KINDS,
+    PointNetEncoder,
+    latent_bijection,
+    point_bijection,
+)
+
+_LOG_2PI_E = math.log(2 * math.pi) + 1.0
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+class PointFlowModel(nn.Module):
+    """Category-conditional generator of point clouds.
+
+    Args:
+        num_categories: how many categories share the model (their ids are ``0..num-1``).
+        latent_dim: size of the shape latent ``z``.
+        encoder_width: width of the PointNet's point features.
+        point_steps: couplings in the point flow (each transforms one or two coordinates).
+        point_hidden: hidden widths of each point coupling's conditioner.
+        point_kind: ``"affine"`` or ``"spline"`` couplings in the point flow.
+        spline_bins, spline_bound: the rational-quadratic splines (``point_kind="spline"``).
+        latent_steps: couplings in the latent prior flow.
+        latent_hidden: hidden widths of the prior's conditioners.
+        category_dim: size of the category embedding that conditions the prior.
+        softflow_max_noise: SoftFlow: during training each shape gets Gaussian noise of a standard
+            deviation drawn uniformly from ``[0, softflow_max_noise]`` (data units), and the point
+            flow is told that level; sampling and likelihoods use level 0. ``0`` turns it off.
+        prior_weight, entropy_weight: weights of ``-log p(z|c)`` and ``-H(q)`` in the loss
+            (both 1 give the ELBO).
+
+    ``config`` holds these keyword arguments (JSON-serialisable): ``PointFlowModel(**m.config)``
+    rebuilds the architecture.
+    """
+
+    def __init__(self, num_categories: int, latent_dim: int = 128, encoder_width: int = 256,
+                 point_steps: int = 8, point_hidden: Sequence[int] = (128, 128),
+                 point_kind: str = "affine", spline_bins: int = 8, spline_bound: float = 4.0,
+                 latent_steps: int = 6, latent_hidden: Sequence[int] = (256, 256),
+                 category_dim: int = 32, softflow_max_noise: float = 0.05,
+                 prior_weight: float = 1.0, entropy_weight: float = 1.0):
+        super().__init__()
+        if num_categories < 1:
+            raise FlowsuiteError(f"num_categories must be at least 1, got {num_categories}")
+        if point_kind not in POINT_KINDS:
+            raise FlowsuiteError(f"point_kind must be one of {POINT_KINDS}, got {point_kind!r}")
+        if latent_dim < 2 or point_steps < 1 or latent_steps < 1:
+            raise FlowsuiteError("latent_dim must be at least 2 and the flows need at least one "
+                                 "step each")
+        if softflow_max_noise < 0:
+            raise FlowsuiteError("softflow_max_noise must be >= 0")
+        self.config: dict[str, Any] = {
+            "num_categories": int(num_categories), "latent_dim": int(latent_dim),
+            "encoder_width": int(encoder_width), "point_steps": int(point_steps),
+            "point_hidden": [int(h) for h in point_hidden], "point_kind": point_kind,
+            "spline_bins": int(spline_bins), "spline_bound": float(spline_bound),
+            "latent_steps": int(latent_steps), "latent_hidden": [int(h) for h in latent_hidden],
+            "category_dim": int(category_dim), "softflow_max_noise": float(softflow_max_noise),
+            "prior_weight": float(prior_weight), "entropy_weight": float(entropy_weight),
+        }
+        self.num_categories = int(num_categories)
+        self.latent_dim = int(latent_dim)
+        self.softflow_max_noise = float(softflow_max_noise)
+        self.prior_weight, self.entropy_weight = float(prior_weight), float(entropy_weight)
+
+        self.encoder = PointNetEncoder(latent_dim, encoder_width)
+        self.category_embedding = nn.Embedding(num_categories, category_dim)
+        self.prior = Flow(latent_bijection(latent_dim, latent_steps, latent_hidden, category_dim),
+                          StandardNormal(latent_dim))
+        # The point flow's context: z and one feature for the SoftFlow noise level.
+        self.point_flow = Flow(point_bijection(point_steps, point_hidden, latent_dim + 1,
+                                               point_kind, spline_bins, spline_bound),
+                               StandardNormal(1, 3))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PointFlowModel:
+        """Rebuilds the architecture from ``config`` (weights are loaded separately)."""
+        return cls(**config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.category_embedding.weight.device
+
+    # ---- checks of user inputs ---------------------------------------------------------------
+
+    def _points(self, points: Tensor | Any, name: str = "points") -> Tensor:
+        """Validates a cloud ``(N, 3)`` or batch ``(B, N, 3)``; returns ``(B, N, 3)`` float."""
+        if not isinstance(points, Tensor):
+            points = torch.as_tensor(points)
+        if points.dim() == 2:
+            points = points.unsqueeze(0)
+        if points.dim() != 3 or points.shape[-1] != 3:
+            raise FlowsuiteError(f"{name} must have shape (N, 3) or (B, N, 3), got "
+                                 f"{tuple(points.shape)}")
+        if points.shape[0] == 0 or points.shape[1] == 0:
+            raise FlowsuiteError(f"{name} is empty: give at least one cloud of at least one point")
+        if not points.is_floating_point():
+            points = points.float()
+        if not bool(torch.isfinite(points).all()):
+            raise FlowsuiteError(f"{name} contains NaN or infinite coordinates; clean the cloud "
+                                 "first")
+        return points.to(self.device, self.category_embedding.weight.dtype)
+
+    def _categories(self, category: int | Tensor | Sequence[int], count: int) -> Tensor:
+        """Validates category ids; returns a ``(count,)`` long tensor."""
+        c = torch.as_tensor(category, device=self.device)
+        if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+            raise FlowsuiteError(f"category ids must be integers, got dtype {c.dtype}")
+        c = c.long().reshape(-1)
+        if c.numel() == 1:
+            c = c.expand(count)
+        if c.numel() != count:
+            raise FlowsuiteError(f"got {c.numel()} category ids for {count} shapes; give one id "
+                                 "or one per shape")
+        if bool(((c < 0) | (c >= self.num_categories)).any()):
+            raise FlowsuiteError(f"category ids must lie in 0..{self.num_categories - 1}, got "
+                                 f"{sorted(set(c.tolist()))}")
+        return c
+
+    @staticmethod
+    def _positive(value: int, name: str) -> int:
+        if int(value) != value or value < 1:
+            raise FlowsuiteError(f"{name} must be a positive integer, got {value!r}")
+        return int(value)
+
+    @staticmethod
+    def _temperature(value: float, name: str = "temperature") -> float:
+        if not math.isfinite(value) or value < 0:
+            raise FlowsuiteError(f"{name} must be a finite number >= 0, got {value!r}")
+        return float(value)
+
+    # ---- the densities -----------------------------------------------------------------------
+
+    def encode(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior ``q(z | X)``: ``points (B, N, 3)`` -> ``(mean, logvar)``, each ``(B, D)``."""
+        return self.encoder(points)
+
+    def _point_context(self, z: Tensor, noise_level: Tensor | None = None) -> Tensor:
+        """``(B, D + 1)``: ``z`` and the SoftFlow noise level scaled to ``[0, 1]``."""
+        if noise_level is None:
+            feature = z.new_zeros(z.shape[0], 1)
+        else:
+            feature = (noise_level / max(self.softflow_max_noise, 1e-12)).reshape(-1, 1)
+        return torch.cat([z, feature.to(z.dtype)], dim=-1)
+
+    def prior_log_prob(self, z: Tensor, category: Tensor) -> Tensor:
+        """``log p(z | c)``: ``z (B, D)``, ``category (B,)`` -> ``(B,)``."""
+        return self.prior.log_prob(z, self.category_embedding(category))
+
+    def points_log_prob(self, points: Tensor, z: Tensor,
+                        noise_level: Tensor | None = None) -> Tensor:
+        """``sum_i log p(x_i | z)`` over the points of each cloud: ``(B, N, 3)``, ``(B, D)`` ->
+        ``(B,)`` nats (noise level 0 unless given, ``(B,)``)."""
+        return self.point_flow.log_prob(points, self._point_context(z, noise_level))
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Negative ELBO per point of a batch ``{"points": (B, N, 3), "category": (B,)}``.
+
+        Returns ``{"loss", "recon_nll_per_point", "prior_nll", "entropy"}`` (batch means):
+        ``recon_nll_per_point`` is ``-log p(X|z) / N`` in nats per point (3 coordinates),
+        ``prior_nll`` is ``-log p(z|c)`` and ``entropy`` is ``H(q(z|X))``, both in nats per shape.
+        ``loss = recon_nll_per_point + (prior_weight * prior_nll - entropy_weight * entropy) / N``.
+        """
+        if not isinstance(batch, dict) or "points" not in batch or "category" not in batch:
+            raise FlowsuiteError("a batch must be a dict with 'points' (B, N, 3) and 'category' "
+                                 "(B,)")
+        points = self._points(batch["points"])
+        b, n = points.shape[:2]
+        category = self._categories(batch["category"], b)
+
+        mean, logvar = self.encode(points)
+        std = torch.exp(0.5 * logvar)
+        z = mean + std * torch.randn_like(std)
+        entropy = 0.5 * logvar.sum(-1) + 0.5 * self.latent_dim * _LOG_2PI_E
+
+        target, level = points, None
+        if self.training and self.softflow_max_noise > 0:
+            level = torch.rand(b, device=points.device, dtype=points.dtype) \
+                * self.softflow_max_noise
+            target = points + torch.randn_like(points) * level.view(b, 1, 1)
+        recon_nll = -self.points_log_prob(target, z, level) / n
+        prior_nll = -self.prior_log_prob(z, category)
+        loss = recon_nll + (self.prior_weight * prior_nll - self.entropy_weight * entropy) / n
+        return {
+            "loss": loss.mean(),
+            "recon_nll_per_point": recon_nll.mean().detach(),
+            "prior_nll": prior_nll.mean().detach(),
+            "entropy": entropy.mean().detach(),
+        }
+
+    @torch.no_grad()
+    def log_prob(self, points: Tensor, category: int | Tensor | Sequence[int], samples: int = 1,
+                 seed: int | None = None) -> Tensor:
+        """The ELBO, a lower bound of ``log p(X | c)``, in nats per shape (summed over points),
+        estimated with ``samples`` draws of ``z`` from the posterior (noise level 0).
+
+        ``points: (N, 3)`` or ``(B, N, 3)`` -> ``(B,)``. Divide by ``N`` for nats per point.
+        """
+        points = self._points(points)
+        b = points.shape[0]
+        category = self._categories(category, b)
+        samples = self._positive(samples, "samples")
+        gen = _generator(seed, self.device)
+        mean, logvar = self.encode(points)
+        std = torch.exp(0.5 * logvar)
+        entropy = 0.5 * logvar.sum(-1) + 0.5 * self.latent_dim * _LOG_2PI_E
+        total = torch.zeros(b, device=self.device)
+        for _ in range(samples):
+            eps = torch.randn(std.shape, generator=gen, device=std.device, dtype=std.dtype)
+            z = mean + std * eps
+            total += self.points_log_prob(points, z) + self.prior_log_prob(z, category)
+        return total / samples + entropy
+
+    @torch.no_grad()
+    def conditional_log_prob(self, points: Tensor) -> Tensor:
+        """``log p(x | z = posterior mean)`` averaged over the points, in nats per point (noise
+        level 0): how well the point flow fits the cloud given its own code.
+
+        ``points: (N, 3)`` or ``(B, N, 3)`` -> ``(B,)``.
+        """
+        points = self._points(points)
+        mean, _ = self.encode(points)
+        return self.points_log_prob(points, mean) / points.shape[1]
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample_latent(self, category: int | Tensor | Sequence[int], count: int = 1,
+                      temperature: float = 1.0, generator: torch.Generator | None = None
+                      ) -> Tensor:
+        """Shape latents from the category prior: ``(count, D)``; ``temperature`` scales the
+        prior's base noise."""
+        count = self._positive(count, "count")
+        c = self._categories(category, count)
+        return self.prior.sample(count, self.category_embedding(c),
+                                 self._temperature(temperature), generator=generator)
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, points: int = 2048, point_temperature: float = 1.0,
+               generator: torch.Generator | None = None, shared_noise: bool = False) -> Tensor:
+        """Points from the point flow given latents ``z (B, D)``: ``(B, points, 3)``.
+
+        ``shared_noise`` draws one set of base points for every latent (smooth interpolations).
+        """
+        points = self._positive(points, "points")
+        t = self._temperature(point_temperature, "point_temperature")
+        b = z.shape[0]
+        base = self.point_flow.base
+        if shared_noise:
+            eps = base.sample(1, (points, 3), t, generator).expand(b, -1, -1)
+        else:
+            eps = base.sample(b, (points, 3), t, generator)
+        x, _ = self.point_flow.bijection.inverse(eps.to(z.dtype), self._point_context(z))
+        return x
+
+    @torch.no_grad()
+    def sample(self, category: int | Tensor | Sequence[int], count: int = 1, points: int = 2048,
+               seed: int | None = None, temperature: float = 1.0,
+               point_temperature: float = 1.0) -> Tensor:
+        """Generates ``count`` shapes of ``category`` (one id, or one per shape) with ``points``
+        points each: ``(count, points, 3)``. The same seed gives the same clouds."""
+        gen = _generator(seed, self.device)
+        z = self.sample_latent(category, count, temperature, gen)
+        return self.decode(z, points, point_temperature, gen)
+
+    @torch.no_grad()
+    def reconstruct(self, points: Tensor, n_points: int | None = None, seed: int | None = None,
+                    point_temperature: float = 1.0) -> Tensor:
+        """Encodes clouds (posterior mean) and samples ``n_points`` new points for each (the
+        input's count by default; more points upsample the cloud).
+
+        ``(N, 3) -> (n_points, 3)`` or ``(B, N, 3) -> (B, n_points, 3)``.
+        """
+        if not isinstance(points, Tensor):
+            points = torch.as_tensor(points)
+        single = points.dim() == 2
+        x = self._points(points)
+        mean, _ = self.encode(x)
+        out = self.decode(mean, n_points or x.shape[1], point_temperature,
+                          _generator(seed, self.device))
+        return out[0] if single else out
+
+    @torch.no_grad()
+    def interpolate(self, a: Tensor, b: Tensor, steps: int = 8, n_points: int = 2048,
+                    seed: int | None = None) -> Tensor:
+        """Decodes ``steps`` latents on the line between the posterior means of clouds ``a`` and
+        ``b`` (each ``(N, 3)``), with the same base points at every step: ``(steps, n_points,
+        3)``; the first and last are reconstructions of ``a`` and ``b``."""
+        steps = self._positive(steps, "steps")
+        za, _ = self.encode(self._points(a, "a"))
+        zb, _ = self.encode(self._points(b, "b"))
+        if za.shape[0] != 1 or zb.shape[0] != 1:
+            raise FlowsuiteError("interpolate takes one cloud (N, 3) at each end")
+        w = torch.linspace(0, 1, steps, device=self.device, dtype=za.dtype).unsqueeze(1)
+        z = (1 - w) * za + w * zb
+        return self.decode(z, n_points, 1.0, _generator(seed, self.device), shared_noise=True)

@@ -1,0 +1,178 @@
+"""PointFlowModel: its flows are exact bijections, the ELBO trains, sampling honours its
+arguments and seeds, and bad inputs end in FlowsuiteError."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from flowsuite.core import FlowsuiteError
+from flowsuite.core.testing import check_inverse, check_logdet
+from flowsuite.pointflow.metrics import chamfer_distance
+from flowsuite.pointflow.model import PointFlowModel
+
+TINY = dict(latent_dim=8, encoder_width=32, point_steps=4, point_hidden=(32, 32),
+            latent_steps=2, latent_hidden=(32,), category_dim=4, softflow_max_noise=0.02)
+
+
+def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+def sphere(count: int, n: int, g: torch.Generator) -> torch.Tensor:
+    v = torch.randn(count, n, 3, generator=g)
+    return 0.8 * v / v.norm(dim=-1, keepdim=True)
+
+
+def plane(count: int, n: int, g: torch.Generator) -> torch.Tensor:
+    pts = torch.rand(count, n, 3, generator=g) * 1.6 - 0.8
+    pts[..., 1] = 0.0
+    return pts
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU punishes spinning threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["affine", "spline"])
+def test_point_flow_is_an_exact_bijection(kind):
+    torch.manual_seed(0)
+    model = PointFlowModel(2, point_kind=kind, **TINY).double()
+    _randomize(model.point_flow)
+    x = torch.randn(2, 5, 3, dtype=torch.float64) * 0.7
+    ctx = model._point_context(torch.randn(2, 8, dtype=torch.float64))
+    check_inverse(model.point_flow.bijection, x, ctx)
+    check_logdet(model.point_flow.bijection, x, ctx)
+
+
+def test_latent_prior_is_an_exact_bijection():
+    torch.manual_seed(0)
+    model = PointFlowModel(3, **TINY).double()
+    _randomize(model.prior)
+    z = torch.randn(3, 8, dtype=torch.float64)
+    ctx = model.category_embedding(torch.tensor([0, 1, 2])).detach()
+    check_inverse(model.prior.bijection, z, ctx)
+    check_logdet(model.prior.bijection, z, ctx)
+
+
+def test_points_are_independent_given_the_latent():
+    """p(X|z) factorises over points: the log-density of a set is the sum of its points'."""
+    torch.manual_seed(0)
+    model = PointFlowModel(1, **TINY)
+    _randomize(model.point_flow)
+    x = torch.randn(1, 6, 3)
+    z = torch.randn(1, 8)
+    whole = model.points_log_prob(x, z)
+    parts = model.points_log_prob(x.transpose(0, 1), z.expand(6, -1)).sum()
+    assert torch.allclose(whole, parts.reshape(1), atol=1e-4)
+
+
+def test_encoder_ignores_point_order():
+    model = PointFlowModel(1, **TINY)
+    x = torch.randn(2, 50, 3)
+    mean, logvar = model.encode(x)
+    mean2, logvar2 = model.encode(x[:, torch.randperm(50)])
+    assert torch.allclose(mean, mean2, atol=1e-5) and torch.allclose(logvar, logvar2, atol=1e-5)
+
+
+def test_forward_returns_the_trainer_contract_and_config_round_trips():
+    model = PointFlowModel(2, **TINY)
+    out = model({"points": torch.randn(3, 40, 3), "category": torch.tensor([0, 1, 1])})
+    assert set(out) == {"loss", "recon_nll_per_point", "prior_nll", "entropy"}
+    assert out["loss"].shape == () and out["loss"].requires_grad
+    n = 40
+    expected = out["recon_nll_per_point"] + (out["prior_nll"] - out["entropy"]) / n
+    assert torch.allclose(out["loss"].detach(), expected, atol=1e-5)
+    config = json.loads(json.dumps(model.config))
+    clone = PointFlowModel.from_config(config)
+    clone.load_state_dict(model.state_dict())
+    assert clone.config == model.config
+
+
+def test_a_tiny_model_learns_two_categories():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = PointFlowModel(2, **TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(300):
+        pts = torch.cat([sphere(4, 128, g), plane(4, 128, g)])
+        cat = torch.tensor([0] * 4 + [1] * 4)
+        loss = model({"points": pts, "category": cat})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.5
+    model.eval()
+    ref = {0: sphere(6, 256, g), 1: plane(6, 256, g)}
+    for c in (0, 1):
+        samples = model.sample(c, count=6, points=256, seed=1)
+        own = chamfer_distance(samples, ref[c]).mean()
+        other = chamfer_distance(samples, ref[1 - c]).mean()
+        assert own < 0.5 * other, (c, float(own), float(other))
+    elbo = model.log_prob(ref[0][:2], 0, samples=2, seed=0) / 256
+    assert elbo.shape == (2,) and bool(torch.isfinite(elbo).all())
+    assert bool((model.conditional_log_prob(ref[0][:2]) >= elbo - 1e-3).all())
+
+
+def test_sampling_sizes_and_seeds():
+    model = PointFlowModel(3, **TINY).eval()
+    _randomize(model)
+    a = model.sample(2, count=3, points=77, seed=5)
+    assert a.shape == (3, 77, 3) and bool(torch.isfinite(a).all())
+    assert torch.equal(a, model.sample(2, count=3, points=77, seed=5))
+    assert not torch.equal(a, model.sample(2, count=3, points=77, seed=6))
+    assert model.sample(torch.tensor([0, 1]), count=2, points=10).shape == (2, 10, 3)
+    cold = model.sample(0, count=2, points=50, seed=1, temperature=0.0, point_temperature=0.0)
+    assert torch.allclose(cold[0], cold[1]) and torch.allclose(cold[0], cold[0, :1].expand(50, 3))
+
+
+def test_reconstruct_and_interpolate_shapes():
+    model = PointFlowModel(1, **TINY).eval()
+    cloud = torch.randn(60, 3)
+    assert model.reconstruct(cloud, n_points=200, seed=0).shape == (200, 3)
+    assert model.reconstruct(cloud.expand(2, -1, -1)).shape == (2, 60, 3)
+    path = model.interpolate(cloud, torch.randn(30, 3), steps=4, n_points=25, seed=0)
+    assert path.shape == (4, 25, 3)
+    assert torch.allclose(path[0], model.reconstruct(cloud, 25, seed=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.sample(5, count=1, points=10),
+    lambda m: m.sample(-1, count=1, points=10),
+    lambda m: m.sample(0.5, count=1, points=10),
+    lambda m: m.sample(0, count=0, points=10),
+    lambda m: m.sample(0, count=1, points=0),
+    lambda m: m.sample(0, count=1, points=10, temperature=-1.0),
+    lambda m: m.sample(0, count=1, points=10, temperature=math.nan),
+    lambda m: m.sample([0, 1, 0], count=2, points=10),
+    lambda m: m.reconstruct(torch.randn(10, 2)),
+    lambda m: m.reconstruct(torch.zeros(0, 3)),
+    lambda m: m.reconstruct(torch.tensor([[0.0, math.nan, 0.0]])),
+    lambda m: m({"points": torch.randn(2, 5, 3)}),
+    lambda m: m({"points": torch.randn(2, 5, 3), "category": torch.tensor([0, 9])}),
+    lambda m: m.log_prob(torch.randn(5, 3), 0, samples=0),
+])
+def test_bad_inputs_raise_flowsuite_error(call):
+    model = PointFlowModel(2, **TINY)
+    with pytest.raises(FlowsuiteError):
+        call(model)
+
+
+def test_bad_configurations_raise_flowsuite_error():
+    with pytest.raises(FlowsuiteError):
+        PointFlowModel(0)
+    with pytest.raises(FlowsuiteError):
+        PointFlowModel(2, point_kind="cnf")
