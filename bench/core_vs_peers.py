@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
 import json
 import math
@@ -400,6 +401,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("recompile_limit", "cache_size_limit"):  # one compiled loss per contender
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
+    # Cold compiles for everyone: no library profits from graphs cached on disk by an earlier run.
+    for module, flag in (("torch._inductor.config", "fx_graph_cache"),
+                         ("torch._functorch.config", "enable_autograd_cache")):
+        with contextlib.suppress(ImportError):
+            setattr(importlib.import_module(module), flag, False)
     libs = [lib for lib in available_libraries() if lib in args.libraries]
     contenders = [make_contender(lib, model, mode, args, device, data[0])
                   for mode in args.modes for model in args.models for lib in libs]
