@@ -6,24 +6,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowsuite.core.bijection import Bijection
-from flowsuite.core.conditioners import broadcast_context, make_activation
+from flowsuite.core.conditioners import broadcast_context, linear, make_activation
 from flowsuite.core.coupling import logdet_sum, params_last
 from flowsuite.core.elementwise import ElementwiseTransform, make_transform
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``.
+
+    A mask of all ones (every hidden layer of a two-feature MADE) is skipped.
+    """
 
     def __init__(self, in_features: int, out_features: int, mask: Tensor):
         super().__init__(in_features, out_features)
         self.register_buffer("mask", mask.float())
+        self.full = bool(mask.all())
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return linear(x, self.weight if self.full else self.weight * self.mask, self.bias)
 
 
 class MADE(nn.Module):
@@ -102,7 +105,7 @@ class MaskedAutoregressive(Bijection):
 
     def _params(self, u: Tensor, context: Tensor | None) -> Tensor:
         p = params_last(self.made(u, context), -1, self.features, self.transform.num_params)
-        return p.to(u.dtype)
+        return p if p.dtype == u.dtype else p.to(u.dtype)
 
     def _one_pass(self, x: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
         """Transforms ``x`` (features last) with parameters computed from ``x`` itself."""
@@ -123,18 +126,25 @@ class MaskedAutoregressive(Bijection):
             logderiv = torch.cat([logderiv[..., :i], ld[..., i:i + 1], logderiv[..., i + 1:]], -1)
         return x, logdet_sum(logderiv)
 
+    def _features_last(self, x: Tensor) -> bool:
+        return self.dim in (-1, x.dim() - 1)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = torch.movedim(x, self.dim, -1)
+        last = self._features_last(x)
+        if not last:
+            x = torch.movedim(x, self.dim, -1)
         if self.direction == "maf":
             z, ld = self._one_pass(x, context, forward=True)
         else:
             z, ld = self._sequential(x, context, forward=True)
-        return torch.movedim(z, -1, self.dim), ld
+        return (z if last else torch.movedim(z, -1, self.dim)), ld
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z = torch.movedim(z, self.dim, -1)
+        last = self._features_last(z)
+        if not last:
+            z = torch.movedim(z, self.dim, -1)
         if self.direction == "maf":
             x, ld = self._sequential(z, context, forward=False)
         else:
             x, ld = self._one_pass(z, context, forward=False)
-        return torch.movedim(x, -1, self.dim), ld
+        return (x if last else torch.movedim(x, -1, self.dim)), ld

@@ -69,18 +69,30 @@ class Compose(Bijection):
         return self.bijections[i]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = zero_logdet(x)
+        lds = []
         for b in self.bijections:
             x, ld = b(x, context)
-            total = total + ld
-        return x, total
+            lds.append(ld)
+        return x, _total(lds, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        total = zero_logdet(z)
+        lds = []
         for b in reversed(self.bijections):
             z, ld = b.inverse(z, context)
-            total = total + ld
-        return z, total
+            lds.append(ld)
+        return z, _total(lds, z)
+
+
+def _total(lds: list[Tensor], like: Tensor) -> Tensor:
+    """The sum of log-determinants ``(B,)``, in float32 or wider (a zero one when empty)."""
+    if not lds:
+        return zero_logdet(like)
+    total = lds[0]
+    if total.dtype not in (torch.float32, torch.float64):
+        total = total.to(torch.promote_types(total.dtype, torch.float32))
+    for ld in lds[1:]:
+        total = total + ld
+    return total
 
 
 def zero_logdet(x: Tensor) -> Tensor:

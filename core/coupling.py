@@ -28,8 +28,10 @@ ConditionerFactory = Callable[[int, int], nn.Module]
 
 def logdet_sum(logderiv: Tensor) -> Tensor:
     """Sums element-wise log-derivatives ``(B, ...)`` to ``(B,)`` in float32 or wider."""
-    dtype = torch.promote_types(logderiv.dtype, torch.float32)
-    return logderiv.reshape(logderiv.shape[0], -1).to(dtype).sum(-1)
+    dims = tuple(range(1, logderiv.dim()))
+    if logderiv.dtype in (torch.float32, torch.float64):
+        return logderiv.sum(dims)
+    return logderiv.sum(dims, dtype=torch.promote_types(logderiv.dtype, torch.float32))
 
 
 def params_last(out: Tensor, dim: int, features: int, num_params: int) -> Tensor:
@@ -100,7 +102,7 @@ class Coupling(Bijection):
     def _params(self, ident: Tensor, context: Tensor | None, like: Tensor) -> Tensor:
         out = self.conditioner(ident, context)
         p = params_last(out, self.dim, self.transformed_features, self.transform.num_params)
-        return p.to(like.dtype)
+        return p if p.dtype == like.dtype else p.to(like.dtype)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ident, changed = self._split(x)
