@@ -28,6 +28,7 @@ from flowsuite.core import (
     Squeeze,
     StandardNormal,
 )
+from flowsuite.core.checkpoint import register_model
 from flowsuite.musicflow.mel import (
     CLAMP,
     FMAX,
@@ -112,6 +113,7 @@ class MelUpsampler(nn.Module):
                              mode="linear", align_corners=False)
 
 
+@register_model("waveglow")
 class WaveGlow(nn.Module):
     """A mel-conditioned WaveGlow vocoder.
 

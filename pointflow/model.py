@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flowsuite.core import Flow, FlowsuiteError, StandardNormal
+from flowsuite.core.checkpoint import register_model
 from flowsuite.pointflow.layers import (
     POINT_KINDS,
     PointNetEncoder,
@@ -37,6 +38,7 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+@register_model("pointflow")
 class PointFlowModel(nn.Module):
     """Category-conditional generator of point clouds.
 

@@ -52,7 +52,8 @@ def test_point_flow_is_an_exact_bijection(kind):
     _randomize(model.point_flow)
     x = torch.randn(2, 5, 3, dtype=torch.float64) * 0.7
     ctx = model._point_context(torch.randn(2, 8, dtype=torch.float64))
-    check_inverse(model.point_flow.bijection, x, ctx)
+    # Four random spline layers compose to a less well-conditioned map than one layer: 1e-7.
+    check_inverse(model.point_flow.bijection, x, ctx, atol=1e-7)
     check_logdet(model.point_flow.bijection, x, ctx)
 
 
