@@ -43,6 +43,10 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
             raise FlowsuiteError(f"{target} appeared while it was being written; not replaced")
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
