@@ -51,3 +51,18 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_output_folder(out: Path, force: bool, ours: bool, what: str) -> None:
+    """Refuses to write a ``what`` (e.g. "shape set") into ``out`` if it is a file, or a non-empty
+    folder without ``force``; with ``force`` only a folder that is ``ours`` (an earlier set of
+    the same kind) may be replaced, so a mistyped path never wipes a user's files."""
+    if out.exists() and not out.is_dir():
+        raise FlowsuiteError(f"{out} is a file; give a folder for the {what}")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise FlowsuiteError(f"{out} is not empty; choose a new folder or pass --force to "
+                                 f"replace the {what} in it")
+        if not ours:
+            raise FlowsuiteError(f"{out} is not empty and is not a flowsuite {what}; not "
+                                 "replacing it even with --force: choose a new or empty folder")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flowsuite.core.errors import FlowsuiteError
-from flowsuite.core.io import atomic_path
+from flowsuite.core.io import atomic_path, check_output_folder
 from flowsuite.data.procedural import CATEGORIES, sample_shape
 
 SPLITS = ("train", "val", "test")
@@ -58,16 +58,7 @@ def _make_one(task: tuple[str, str, int, int, int, str]) -> None:
 
 
 def _prepare_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FlowsuiteError(f"{out} is a file; give a folder for --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FlowsuiteError(f"{out} is not empty; choose a new folder or pass --force to "
-                                 "replace the shape set in it")
-        if not (out / MANIFEST).is_file():
-            raise FlowsuiteError(f"{out} is not empty and is not a flowsuite shape set (no "
-                                 f"{MANIFEST}); not replacing it even with --force: choose "
-                                 "another folder")
+    check_output_folder(out, force, (out / MANIFEST).is_file(), "shape set")
 
 
 def write_shape_set(out: str | os.PathLike, categories: Sequence[str] | None = None,

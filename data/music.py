@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from flowsuite.core.errors import FlowsuiteError
-from flowsuite.core.io import atomic_path
+from flowsuite.core.io import atomic_path, check_output_folder
 from flowsuite.data.music_signal import SAMPLE_RATE, fade_out, normalize_loudness, trim_silence
 
 FLUIDSYNTH_APT = "apt-get install -y libfluidsynth3"
@@ -595,16 +595,7 @@ def _is_music_set(folder: Path) -> bool:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FlowsuiteError(f"{out} is a file; give a folder for the music set")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise FlowsuiteError(f"{out} is not empty; choose a new folder or pass --force to "
-                                 "replace the music set in it")
-        if not _is_music_set(out):
-            raise FlowsuiteError(f"{out} holds files that are not a flowsuite music set; "
-                                 "choose a new or empty folder (--force replaces only a music "
-                                 "set)")
+    check_output_folder(out, force, _is_music_set(out), "music set")
 
 
 def _versions() -> dict[str, str]:
