@@ -171,3 +171,16 @@ def test_eval_reports_waveglow_and_griffin_lim(run, tmp_path):
     r = _invoke("eval", "vocoder", "--model", model, "--data", data, "--json", js,
                 "--device", "cpu")
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_resume_continues_a_run_to_more_steps(run, tmp_path):
+    root, data, model = run
+    out = tmp_path / "run"
+    args = ["train", "vocoder", "--data", data, "--out", out, "--preset", "tiny",
+            "--batch-size", 2, "--segment", 2048, "--device", "cpu"]
+    assert _invoke(*args, "--steps", 2).exit_code == 0
+    r = _invoke(*args, "--steps", 3, "--resume")
+    assert r.exit_code == 0, r.output
+    assert (out / "model.safetensors").is_file()
+    last = (out / "metrics.jsonl").read_text().strip().splitlines()[-1]
+    assert json.loads(last)["step"] == 3
