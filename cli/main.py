@@ -61,8 +61,12 @@ def main() -> None:
     cli(prog_name="gen")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 # Each part attaches its commands to the groups above.
 from flowsuite.cli import data_cmds, data_music_cmds, vocoder_cmds  # noqa: E402,F401,I001
+
+if __name__ == "__main__":
+    # Under `python -m` this file runs as __main__; the command modules registered themselves on
+    # the group of the imported flowsuite.cli.main, so run that one.
+    from flowsuite.cli.main import main as _main
+
+    sys.exit(_main())

@@ -22,6 +22,9 @@ def test_the_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "flowsuite.cli.main", "--version"],
                          capture_output=True, text=True, check=True)
     assert "flowsuite" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "flowsuite.cli.main", "data", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "shapes" in out.stdout and "music" in out.stdout
 
 
 def test_a_user_error_is_one_line_and_exit_2():
