@@ -65,4 +65,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 # Each part attaches its commands to the groups above.
-from flowsuite.cli import data_cmds, data_music_cmds  # noqa: E402,F401,I001
+from flowsuite.cli import data_cmds, data_music_cmds, pointcloud_cmds  # noqa: E402,F401,I001
