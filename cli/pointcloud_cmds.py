@@ -148,6 +148,8 @@ def _load(model_path: Path | None, device: str):
         stats = json.loads(info.user["stats"])
     except (KeyError, json.JSONDecodeError):
         stats = None
+        click.echo(f"note: {model_path} stores no normalisation statistics; the clouds stay in "
+                   "the model's normalised coordinates", err=True)
     return model, cats, stats
 
 
@@ -271,8 +273,11 @@ def eval_pointcloud(model_path: Path, data_dir: Path, category: str | None, coun
     for c in wanted:
         _category_id(c, cats)
     test = open_shapes(data_dir, "test", wanted, "none", points, seed=seed)
+    from tqdm import tqdm
+
     results: dict[str, Any] = {}
-    for name in test.categories:
+    for name in tqdm(test.categories, desc="evaluating", unit="category", leave=False,
+                     disable=None):
         refs = [test[i]["points"].numpy() for i in range(len(test)) if test.category_of(i) == name]
         n = count or len(refs)
         gen = _generate(model, _category_id(name, cats), n, points, seed, 1.0, stats)
