@@ -101,8 +101,11 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
     if latent_dim is not None:
         kwargs["latent_dim"] = latent_dim
     model = PointFlowModel(num_categories=len(train_set.categories), **kwargs)
+    warmup = min(100, steps // 10)
+    if resume and (out / "config.json").is_file():  # warmup is fixed for the life of a run
+        warmup = TrainConfig.load(out / "config.json").warmup
     config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
-                         warmup=min(100, steps // 10), val_every=val_every or min(500, steps),
+                         warmup=warmup, val_every=val_every or min(500, steps),
                          ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
                          seed=seed, device=dev)
     click.echo(f"training on {len(train_set)} shapes of {', '.join(train_set.categories)} "

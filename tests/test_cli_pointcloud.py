@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +70,17 @@ def test_training_stores_categories_and_stats(trained):
 
 def test_resume_continues_the_run(trained, tmp_path):
     data, run = trained
+    run = Path(shutil.copytree(run, tmp_path / "run"))
     r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 4, "--batch-size", 4,
              "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu")
     assert "already holds a training run" in _error_line(r)
     r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 4, "--batch-size", 4,
              "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu", "--resume")
     assert r.exit_code == 0, r.output
+    r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 40, "--batch-size", 4,
+             "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu", "--resume")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(run / "model.safetensors").user["step"] == "40"
     assert json.loads(read_metadata(run / "model.safetensors").user["categories"]) == [
         "chair", "table"]
 
