@@ -62,7 +62,9 @@ def main() -> None:
 
 
 # Each part attaches its commands to the groups above.
-from flowsuite.cli import data_cmds, data_music_cmds, vocoder_cmds  # noqa: E402,F401,I001
+from flowsuite.cli import (  # noqa: E402,F401,I001
+    data_cmds, data_music_cmds, pointcloud_cmds, vocoder_cmds,
+)
 
 if __name__ == "__main__":
     # Under `python -m` this file runs as __main__; the command modules registered themselves on

@@ -1,0 +1,304 @@
+"""Point-cloud commands: ``gen train pointcloud``, ``gen pointcloud`` and ``gen eval pointcloud``.
+
+A trained model file is self-contained: besides the weights, its metadata holds the category
+names (``categories``, a JSON list in id order) and the data's global normalisation
+(``stats``, JSON ``{"mean": [3], "std": s}``), so sampling gives clouds in the data's coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flowsuite.cli.main import cli, eval_, train
+from flowsuite.core.errors import FlowsuiteError
+
+MODEL_NAME = "pointflow"
+
+# Model sizes; "tiny" is for tests and smoke runs (seconds on a CPU), "default" is the paper-size
+# model of PointFlowModel's defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "small": {"latent_dim": 64, "encoder_width": 128, "point_steps": 6,
+              "point_hidden": [64, 64], "latent_steps": 4, "latent_hidden": [128, 128]},
+    "tiny": {"latent_dim": 8, "encoder_width": 16, "point_steps": 2, "point_hidden": [16],
+             "latent_steps": 1, "latent_hidden": [16], "category_dim": 4},
+}
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FlowsuiteError("--device cuda was asked for but CUDA is not available; use "
+                             "--device cpu or check the GPU driver")
+    return name
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise FlowsuiteError("--categories is empty; give names separated by commas")
+    return names
+
+
+# ---- gen train pointcloud ---------------------------------------------------------------------
+
+@train.command("pointcloud")
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Folder of shapes (e.g. written by `gen data shapes`).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run folder; the trained model ends up in OUT/model.safetensors.")
+@click.option("--categories", default=None, help="Comma-separated categories (default: all).")
+@click.option("--steps", default=20000, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--points-per-shape", default=2048, show_default=True, type=click.IntRange(1),
+              help="Points drawn from each shape per training step.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@click.option("--latent-dim", default=None, type=click.IntRange(2),
+              help="Size of the shape latent (default: the preset's).")
+@click.option("--preset", default="default", show_default=True, type=click.Choice(list(PRESETS)),
+              help="Model size.")
+@click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
+@click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
+def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
+                     batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
+                     resume: bool, latent_dim: int | None, preset: str, val_every: int | None,
+                     ckpt_every: int | None) -> None:
+    """Train a point-cloud model (PointFlow) on a folder of shapes."""
+    from flowsuite.core.checkpoint import load_model, read_metadata, save_model
+    from flowsuite.core.trainer import TrainConfig, Trainer
+    from flowsuite.data.shapes import ShapeFileWarning, open_shapes
+    from flowsuite.pointflow.model import PointFlowModel
+
+    cats = _split_names(categories)
+    dev = _device(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ShapeFileWarning)
+        train_set = open_shapes(data_dir, "train", cats, "global", points_per_shape, seed=seed)
+        try:
+            val_set = open_shapes(data_dir, "val", train_set.categories, "global",
+                                  points_per_shape, seed=seed, stats=train_set.stats)
+        except FlowsuiteError:
+            val_set = None  # no validation shapes: train without validation
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+
+    kwargs = dict(PRESETS[preset])
+    if latent_dim is not None:
+        kwargs["latent_dim"] = latent_dim
+    model = PointFlowModel(num_categories=len(train_set.categories), **kwargs)
+    warmup = min(100, steps // 10)
+    if resume and (out / "config.json").is_file():  # warmup is fixed for the life of a run
+        warmup = TrainConfig.load(out / "config.json").warmup
+    config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
+                         warmup=warmup, val_every=val_every or min(500, steps),
+                         ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
+                         seed=seed, device=dev)
+    click.echo(f"training on {len(train_set)} shapes of {', '.join(train_set.categories)} "
+               f"({len(val_set) if val_set is not None else 0} for validation), {dev}")
+    summary = Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(resume=resume)
+
+    # Make the final file self-contained: categories and normalisation in its metadata.
+    final = out / "model.safetensors"
+    meta = dict(read_metadata(final).user)
+    meta["categories"] = json.dumps(train_set.categories)
+    meta["stats"] = json.dumps(train_set.stats)
+    save_model(load_model(final, expected=MODEL_NAME), final, metadata=meta, force=True)
+    loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
+    click.echo(f"trained to step {summary.step}{loss}; model in {final}")
+
+
+# ---- loading a trained model ------------------------------------------------------------------
+
+def _no_model_message() -> str:
+    return ("no --model given, and flowsuite ships no trained point-cloud model yet; train one "
+            "with `gen data shapes --out shapes` then `gen train pointcloud --data shapes --out "
+            "run`, and pass --model run/model.safetensors")
+
+
+def _load(model_path: Path | None, device: str):
+    """The model, its category names and its normalisation stats (or None)."""
+    from flowsuite.core.checkpoint import load_model, read_metadata
+
+    if model_path is None:
+        raise FlowsuiteError(_no_model_message())
+    if model_path.is_dir():
+        model_path = model_path / "model.safetensors"
+    if not model_path.exists():
+        raise FlowsuiteError(f"model file {model_path} does not exist; give the model.safetensors "
+                             "of a training run")
+    info = read_metadata(model_path)
+    model = load_model(model_path, expected=MODEL_NAME, map_location=_device(device))
+    try:
+        cats = json.loads(info.user["categories"])
+    except (KeyError, json.JSONDecodeError):
+        cats = [str(i) for i in range(model.num_categories)]
+    try:
+        stats = json.loads(info.user["stats"])
+    except (KeyError, json.JSONDecodeError):
+        stats = None
+        click.echo(f"note: {model_path} stores no normalisation statistics; the clouds stay in "
+                   "the model's normalised coordinates", err=True)
+    return model, cats, stats
+
+
+def _category_id(name: str, cats: list[str]) -> int:
+    if name in cats:
+        return cats.index(name)
+    raise FlowsuiteError(f"the model knows no category {name!r}; it knows {', '.join(cats)}")
+
+
+def _denormalize(points, stats: dict | None):
+    import torch
+
+    if not stats:
+        return points
+    return points * float(stats["std"]) + torch.as_tensor(stats["mean"], dtype=points.dtype,
+                                                          device=points.device)
+
+
+def _generate(model, category: int, count: int, points: int, seed: int, temperature: float,
+              stats: dict | None, batch: int = 16):
+    """``(count, points, 3)`` clouds on the CPU, in the data's coordinates."""
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for k, start in enumerate(range(0, count, batch)):
+            n = min(batch, count - start)
+            # Each batch gets its own seed so the clouds do not depend on the batch size only.
+            parts.append(model.sample(category, n, points, seed=seed + k,
+                                      temperature=temperature).cpu())
+    return _denormalize(torch.cat(parts), stats)
+
+
+# ---- gen pointcloud ---------------------------------------------------------------------------
+
+@cli.command("pointcloud")
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="A trained model (model.safetensors of `gen train pointcloud`).")
+@click.option("--category", required=True, help="Category name to generate, e.g. chair.")
+@click.option("--count", default=1, show_default=True, type=int, help="Shapes to generate.")
+@click.option("--points", default=2048, show_default=True, type=int, help="Points per shape.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--temperature", default=1.0, show_default=True, type=float,
+              help="Scale of the latent noise (lower: more typical shapes).")
+@click.option("--out", default=None, type=click.Path(path_type=Path),
+              help="Output .ply (default: <category>.ply); with --count N > 1 the shapes go to "
+                   "<stem>_0.ply ... <stem>_{N-1}.ply.")
+@click.option("--preview", default=None, type=click.Path(path_type=Path),
+              help="Also write a PNG of the shapes.")
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--force", is_flag=True, help="Replace existing output files.")
+def pointcloud(model_path: Path | None, category: str, count: int, points: int, seed: int,
+               temperature: float, out: Path | None, preview: Path | None, device: str,
+               force: bool) -> None:
+    """Generate point clouds of a category with a trained model (one .ply per shape)."""
+    from flowsuite.core.io import check_writable
+
+    if points < 1:
+        raise FlowsuiteError(f"--points must be at least 1, got {points}")
+    if count < 1:
+        raise FlowsuiteError(f"--count must be at least 1, got {count}")
+    out = out if out is not None else Path(f"{category}.ply")
+    if out.suffix.lower() != ".ply":
+        raise FlowsuiteError(f"--out {out} must end in .ply")
+    paths = [out] if count == 1 else [out.with_name(f"{out.stem}_{i}.ply") for i in range(count)]
+    for p in paths + ([preview] if preview is not None else []):
+        check_writable(p, force)
+    model, cats, stats = _load(model_path, device)
+    cid = _category_id(category, cats)
+
+    from flowsuite.pointflow.export import write_ply, write_preview
+
+    clouds = _generate(model, cid, count, points, seed, temperature, stats)
+    for p, c in zip(paths, clouds, strict=True):
+        write_ply(c, p, force=force)
+    shown = str(paths[0]) if count == 1 else f"{paths[0]} ... {paths[-1]}"
+    click.echo(f"wrote {count} {category} shape(s) of {points} points: {shown}")
+    if preview is not None:
+        write_preview(clouds[:8], preview, force=force,
+                      titles=[f"{category} {i}" for i in range(min(count, 8))])
+        click.echo(f"wrote {preview}")
+
+
+# ---- gen eval pointcloud ----------------------------------------------------------------------
+
+@eval_.command("pointcloud")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True,
+              type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Folder of shapes; its test split is the reference.")
+@click.option("--category", default=None, help="Evaluate one category (default: all the model's).")
+@click.option("--count", default=None, type=click.IntRange(1),
+              help="Shapes to generate per category (default: as many as the test split has).")
+@click.option("--points", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--normalization", default="none", show_default=True,
+              type=click.Choice(["none", "unit_box", "unit_sphere"]),
+              help="How both sets are normalised before the distances.")
+@click.option("--emd-method", default="auto", show_default=True,
+              type=click.Choice(["auto", "exact", "clusters"]))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
+              help="Also write the results as JSON.")
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--force", is_flag=True, help="Replace an existing --json file.")
+def eval_pointcloud(model_path: Path, data_dir: Path, category: str | None, count: int | None,
+                    points: int, normalization: str, emd_method: str, seed: int,
+                    json_out: Path | None, device: str, force: bool) -> None:
+    """Compare generated shapes with the test split (MMD, COV, 1-NNA with CD and EMD)."""
+    import numpy as np
+
+    from flowsuite.core.io import atomic_path, check_writable
+    from flowsuite.data.shapes import open_shapes
+    from flowsuite.pointflow.metrics import evaluate
+
+    if json_out is not None:
+        check_writable(json_out, force)
+    model, cats, stats = _load(model_path, device)
+    wanted = [category] if category else cats
+    for c in wanted:
+        _category_id(c, cats)
+    test = open_shapes(data_dir, "test", wanted, "none", points, seed=seed)
+    from tqdm import tqdm
+
+    results: dict[str, Any] = {}
+    for name in tqdm(test.categories, desc="evaluating", unit="category", leave=False,
+                     disable=None):
+        refs = [test[i]["points"].numpy() for i in range(len(test)) if test.category_of(i) == name]
+        n = count or len(refs)
+        gen = _generate(model, _category_id(name, cats), n, points, seed, 1.0, stats)
+        results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
+                                 normalization=normalization, emd_method=emd_method)
+    _print_table(results)
+    if json_out is not None:
+        with atomic_path(json_out, force=force) as tmp:
+            tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
+    cols = ["MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "COV-EMD", "1-NNA-EMD"]
+    click.echo(f"{'category':<12}{'gen':>5}{'ref':>5}" + "".join(f"{c:>11}" for c in cols))
+    for name, r in results.items():
+        vals = "".join(f"{r[c]:>11.4g}" if c in r else f"{'-':>11}" for c in cols)
+        click.echo(f"{name:<12}{r['n_generated']:>5}{r['n_reference']:>5}{vals}")
+    first = next(iter(results.values()), {})
+    click.echo(f"normalization: {first.get('normalization', '?')}")
+    click.echo(f"EMD method: {first.get('emd_method', '?')}; COV and 1-NNA are fractions")

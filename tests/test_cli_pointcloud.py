@@ -1,0 +1,164 @@
+"""``gen train pointcloud``, ``gen pointcloud`` and ``gen eval pointcloud`` on a tiny shape set."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from flowsuite.cli.main import cli
+from flowsuite.core.checkpoint import (
+    Configurable,
+    load_model,
+    read_metadata,
+    register_model,
+    save_model,
+)
+
+torch.set_num_threads(1)
+
+
+@register_model("test-cli-pointcloud-other")
+class _Other(Configurable, nn.Module):
+    def __init__(self, width: int = 2):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(width))
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pfcli")
+    data = root / "shapes"
+    r = _run("data", "shapes", "--out", data, "--categories", "chair,table", "--per-category", 10,
+             "--points", 512, "--workers", 1)
+    assert r.exit_code == 0, r.output
+    run = root / "run"
+    r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 4, "--batch-size", 4,
+             "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    return data, run
+
+
+def test_training_stores_categories_and_stats(trained):
+    _, run = trained
+    info = read_metadata(run / "model.safetensors")
+    assert info.model == "pointflow"
+    assert json.loads(info.user["categories"]) == ["chair", "table"]
+    stats = json.loads(info.user["stats"])
+    assert len(stats["mean"]) == 3 and stats["std"] > 0
+    assert info.user["step"] == "4"
+
+
+def test_resume_continues_the_run(trained, tmp_path):
+    data, run = trained
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 4, "--batch-size", 4,
+             "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu")
+    assert "already holds a training run" in _error_line(r)
+    r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 4, "--batch-size", 4,
+             "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu", "--resume")
+    assert r.exit_code == 0, r.output
+    r = _run("train", "pointcloud", "--data", data, "--out", run, "--steps", 40, "--batch-size", 4,
+             "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu", "--resume")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(run / "model.safetensors").user["step"] == "40"
+    assert json.loads(read_metadata(run / "model.safetensors").user["categories"]) == [
+        "chair", "table"]
+
+
+def test_sample_writes_numbered_ply_files_in_data_coordinates(trained, tmp_path):
+    _, run = trained
+    out = tmp_path / "chair.ply"
+    png = tmp_path / "p.png"
+    r = _run("pointcloud", "--model", run / "model.safetensors", "--category", "chair",
+             "--count", 2, "--points", 100, "--out", out, "--preview", png, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert png.stat().st_size > 0
+    stats = json.loads(read_metadata(run / "model.safetensors").user["stats"])
+    for i in range(2):
+        pts = np.asarray(o3d.io.read_point_cloud(str(tmp_path / f"chair_{i}.ply")).points)
+        assert pts.shape == (100, 3)
+        # Denormalised: centred near the data's mean, not near 0 in normalised units.
+        assert np.isfinite(pts).all()
+    one = tmp_path / "one.ply"
+    r = _run("pointcloud", "--model", run, "--category", "table", "--points", 64, "--out", one,
+             "--seed", 3, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    a = np.asarray(o3d.io.read_point_cloud(str(one)).points)
+    assert a.shape == (64, 3)
+    r = _run("pointcloud", "--model", run, "--category", "table", "--points", 64, "--out", one,
+             "--seed", 3, "--device", "cpu", "--force")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.asarray(o3d.io.read_point_cloud(str(one)).points), a)
+    assert stats["std"] > 0
+
+
+def test_samples_are_mapped_back_with_the_stored_stats(trained, tmp_path):
+    _, run = trained
+    moved = tmp_path / "moved.safetensors"
+    meta = dict(read_metadata(run / "model.safetensors").user)
+    meta["stats"] = json.dumps({"mean": [100.0, -50.0, 7.0], "std": 1e-3})
+    save_model(load_model(run / "model.safetensors"), moved, metadata=meta)
+    out = tmp_path / "m.ply"
+    r = _run("pointcloud", "--model", moved, "--category", "chair", "--points", 50, "--out", out,
+             "--temperature", "0.5", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    pts = np.asarray(o3d.io.read_point_cloud(str(out)).points)
+    np.testing.assert_allclose(pts.mean(0), [100.0, -50.0, 7.0], atol=0.5)
+
+
+def test_sample_errors_are_one_line(trained, tmp_path):
+    _, run = trained
+    model = run / "model.safetensors"
+    out = tmp_path / "x.ply"
+    assert "knows chair, table" in _error_line(
+        _run("pointcloud", "--model", model, "--category", "sofa", "--out", out))
+    for bad in ("0", "-3"):
+        assert "--points" in _error_line(
+            _run("pointcloud", "--model", model, "--category", "chair", "--points", bad,
+                 "--out", out))
+    out.write_bytes(b"mine")
+    assert "--force" in _error_line(
+        _run("pointcloud", "--model", model, "--category", "chair", "--out", out))
+    assert out.read_bytes() == b"mine"
+    assert "does not exist" in _error_line(
+        _run("pointcloud", "--model", tmp_path / "none.safetensors", "--category", "chair",
+             "--out", tmp_path / "y.ply"))
+    other = save_model(_Other(), tmp_path / "other.safetensors")
+    assert "pointflow" in _error_line(
+        _run("pointcloud", "--model", other, "--category", "chair", "--out", tmp_path / "y.ply"))
+    assert "gen train pointcloud" in _error_line(
+        _run("pointcloud", "--category", "chair", "--out", tmp_path / "y.ply"))
+    assert not (tmp_path / "y.ply").exists()
+
+
+def test_eval_prints_the_table_and_writes_json(trained, tmp_path):
+    data, run = trained
+    js = tmp_path / "e.json"
+    r = _run("eval", "pointcloud", "--model", run / "model.safetensors", "--data", data,
+             "--category", "chair", "--points", 64, "--json", js, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "MMD-CD" in r.output and "normalization" in r.output and "EMD method" in r.output
+    res = json.loads(js.read_text())
+    assert list(res) == ["chair"]
+    assert res["chair"]["n_generated"] == res["chair"]["n_reference"] == 1
+    assert 0 <= res["chair"]["COV-CD"] <= 1
