@@ -47,7 +47,8 @@ def train() -> None:
     """Train a model from scratch on a folder of data."""
 
 
-@cli.group()
+# Hidden until its first command lands (pointflow and musicflow fine-tuning).
+@cli.group(hidden=True)
 def finetune() -> None:
     """Fine-tune a trained model on your own data."""
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from flowsuite.cli.common import model_file
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -136,11 +137,7 @@ def _load(model_path: Path | None, device: str):
 
     if model_path is None:
         raise FlowsuiteError(_no_model_message())
-    if model_path.is_dir():
-        model_path = model_path / "model.safetensors"
-    if not model_path.exists():
-        raise FlowsuiteError(f"model file {model_path} does not exist; give the model.safetensors "
-                             "of a training run")
+    model_path = model_file(model_path)
     info = read_metadata(model_path)
     model = load_model(model_path, expected=MODEL_NAME, map_location=_device(device))
     try:

@@ -10,6 +10,7 @@ import click
 import numpy as np
 import torch
 
+from flowsuite.cli.common import model_file
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -37,11 +38,7 @@ def _make_model(preset: str):
 def _load(model_path: str, device: str):
     from flowsuite.core.checkpoint import load_model
 
-    p = Path(model_path)
-    if not p.is_file():
-        raise FlowsuiteError(f"model {p} does not exist; give the model.safetensors a "
-                             "`gen train vocoder` run wrote")
-    return load_model(p, expected="waveglow", map_location=device)
+    return load_model(model_file(model_path), expected="waveglow", map_location=device)
 
 
 def _splits(root: Path, segment: int) -> tuple:

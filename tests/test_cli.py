@@ -14,7 +14,7 @@ from flowsuite.core.errors import FlowsuiteError
 def test_help_lists_the_command_groups():
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name in ("data", "train", "finetune", "eval"):
+    for name in ("data", "train", "eval", "pointcloud", "vocode"):
         assert name in result.output
 
 
@@ -46,3 +46,17 @@ def test_an_unknown_flag_is_a_usage_error_not_a_traceback():
     assert result.exit_code == 2
     assert "No such option" in result.output
 
+
+
+def test_a_model_is_a_file_or_a_run_folder(tmp_path):
+    import pytest
+
+    from flowsuite.cli.common import model_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FlowsuiteError, match="does not exist"):
+        model_file(run)
+    (run / "model.safetensors").write_bytes(b"x")
+    assert model_file(run) == run / "model.safetensors"
+    assert model_file(run / "model.safetensors") == run / "model.safetensors"
