@@ -187,51 +187,117 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
 
 @cli.command("pointcloud")
 @click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
-              help="A trained model (model.safetensors of `gen train pointcloud`).")
-@click.option("--category", required=True, help="Category name to generate, e.g. chair.")
+              help="A trained model (a `gen train pointcloud` run or its model.safetensors).")
+@click.option("--category", default=None, help="Category name to generate, e.g. chair.")
+@click.option("--from", "from_path", default=None, type=click.Path(path_type=Path),
+              help="Encode this cloud or mesh and resample it (reconstruction, upsampling).")
+@click.option("--interpolate", nargs=2, default=None, type=click.Path(path_type=Path),
+              help="Two clouds or meshes: write the shapes along the latent path between them.")
+@click.option("--steps", default=8, show_default=True, type=int,
+              help="Shapes along the path, with --interpolate.")
 @click.option("--count", default=1, show_default=True, type=int, help="Shapes to generate.")
 @click.option("--points", default=2048, show_default=True, type=int, help="Points per shape.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--temperature", default=1.0, show_default=True, type=float,
               help="Scale of the latent noise (lower: more typical shapes).")
 @click.option("--out", default=None, type=click.Path(path_type=Path),
-              help="Output .ply (default: <category>.ply); with --count N > 1 the shapes go to "
-                   "<stem>_0.ply ... <stem>_{N-1}.ply.")
+              help="Output .ply (default: <category>.ply, <input>_resampled.ply or "
+                   "interpolation.ply); several shapes go to <stem>_0.ply ... <stem>_{N-1}.ply.")
 @click.option("--preview", default=None, type=click.Path(path_type=Path),
               help="Also write a PNG of the shapes.")
+@click.option("--mesh", is_flag=True,
+              help="Also write a surface mesh reconstructed from each cloud (<stem>_mesh.ply).")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Replace existing output files.")
-def pointcloud(model_path: Path | None, category: str, count: int, points: int, seed: int,
-               temperature: float, out: Path | None, preview: Path | None, device: str,
-               force: bool) -> None:
-    """Generate point clouds of a category with a trained model (one .ply per shape)."""
+def pointcloud(model_path: Path | None, category: str | None, from_path: Path | None,
+               interpolate: tuple[Path, Path] | None, steps: int, count: int, points: int,
+               seed: int, temperature: float, out: Path | None, preview: Path | None, mesh: bool,
+               device: str, force: bool) -> None:
+    """Generate point clouds of a category with a trained model (one .ply per shape), resample a
+    given cloud (--from), or walk between two shapes (--interpolate)."""
     from flowsuite.core.io import check_writable
 
+    modes = sum(x is not None for x in (category, from_path, interpolate))
+    if modes != 1:
+        raise FlowsuiteError("give exactly one of --category C, --from FILE or "
+                             "--interpolate A B")
     if points < 1:
         raise FlowsuiteError(f"--points must be at least 1, got {points}")
     if count < 1:
         raise FlowsuiteError(f"--count must be at least 1, got {count}")
-    out = out if out is not None else Path(f"{category}.ply")
+    if interpolate is not None and steps < 2:
+        raise FlowsuiteError(f"--steps must be at least 2, got {steps}")
+    if out is None:
+        stem = (category if category is not None else
+                f"{from_path.stem}_resampled" if from_path is not None else "interpolation")
+        out = Path(f"{stem}.ply")
     if out.suffix.lower() != ".ply":
         raise FlowsuiteError(f"--out {out} must end in .ply")
-    paths = [out] if count == 1 else [out.with_name(f"{out.stem}_{i}.ply") for i in range(count)]
-    for p in paths + ([preview] if preview is not None else []):
+    n_shapes = count if category is not None else (1 if from_path is not None else steps)
+    paths = ([out] if n_shapes == 1 else
+             [out.with_name(f"{out.stem}_{i}.ply") for i in range(n_shapes)])
+    mesh_paths = [p.with_name(f"{p.stem}_mesh.ply") for p in paths] if mesh else []
+    for p in paths + mesh_paths + ([preview] if preview is not None else []):
         check_writable(p, force)
+    inputs = [from_path] if from_path is not None else list(interpolate or [])
+
+    from flowsuite.pointflow.export import (
+        read_cloud,
+        reconstruct_mesh,
+        write_mesh,
+        write_ply,
+        write_preview,
+    )
+
+    clouds_in = [read_cloud(p, points=points, seed=seed) for p in inputs]
     model, cats, stats = _load(model_path, device)
-    cid = _category_id(category, cats)
-
-    from flowsuite.pointflow.export import write_ply, write_preview
-
-    clouds = _generate(model, cid, count, points, seed, temperature, stats)
+    if category is not None:
+        clouds = _generate(model, _category_id(category, cats), count, points, seed,
+                           temperature, stats)
+        label = category
+    else:
+        clouds = _encode_and_decode(model, clouds_in, stats, points, steps, seed)
+        label = "resampled" if from_path is not None else "interpolation"
     for p, c in zip(paths, clouds, strict=True):
         write_ply(c, p, force=force)
-    shown = str(paths[0]) if count == 1 else f"{paths[0]} ... {paths[-1]}"
-    click.echo(f"wrote {count} {category} shape(s) of {points} points: {shown}")
+    shown = str(paths[0]) if n_shapes == 1 else f"{paths[0]} ... {paths[-1]}"
+    click.echo(f"wrote {n_shapes} {label} shape(s) of {points} points: {shown}")
+    if mesh_paths:
+        for p, c in zip(mesh_paths, clouds, strict=True):
+            write_mesh(reconstruct_mesh(c), p, force=force)
+        click.echo(f"wrote {len(mesh_paths)} mesh(es): {mesh_paths[0]}"
+                   + (f" ... {mesh_paths[-1]}" if len(mesh_paths) > 1 else ""))
     if preview is not None:
         write_preview(clouds[:8], preview, force=force,
-                      titles=[f"{category} {i}" for i in range(min(count, 8))])
+                      titles=[f"{label} {i}" for i in range(min(n_shapes, 8))])
         click.echo(f"wrote {preview}")
+
+
+def _normalize(points, stats: dict | None):
+    """The inverse of ``_denormalize``: data coordinates to the model's."""
+    import torch
+
+    if not stats:
+        return points
+    mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
+    return (points - mean) / float(stats["std"])
+
+
+def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, steps: int,
+                       seed: int):
+    """One cloud: its reconstruction with ``points`` points; two: ``steps`` shapes between them.
+    Inputs and outputs are in the data's coordinates, ``(K, points, 3)`` on the CPU."""
+    import torch
+
+    device = next(model.parameters()).device
+    xs = [_normalize(c.to(device), stats) for c in clouds]
+    with torch.no_grad():
+        if len(xs) == 1:
+            out = model.reconstruct(xs[0], n_points=points, seed=seed)[None]
+        else:
+            out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed)
+    return _denormalize(out.cpu(), stats)
 
 
 # ---- gen eval pointcloud ----------------------------------------------------------------------

@@ -162,3 +162,49 @@ def test_eval_prints_the_table_and_writes_json(trained, tmp_path):
     assert list(res) == ["chair"]
     assert res["chair"]["n_generated"] == res["chair"]["n_reference"] == 1
     assert 0 <= res["chair"]["COV-CD"] <= 1
+
+
+def _n_points(path: Path) -> int:
+    return len(o3d.io.read_point_cloud(str(path)).points)
+
+
+def test_from_resamples_a_given_cloud_with_a_mesh(trained, tmp_path):
+    data, run = trained
+    src = next((data / "chair" / "train").glob("*.npy"))
+    out = tmp_path / "dense.ply"
+    r = _run("pointcloud", "--model", run, "--from", src, "--points", 1000, "--out", out,
+             "--mesh", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert _n_points(out) == 1000
+    assert (tmp_path / "dense_mesh.ply").is_file()
+    # The resampled cloud stays in the input's coordinates (the stored stats are undone).
+    original = np.load(src)
+    dense = np.asarray(o3d.io.read_point_cloud(str(out)).points)
+    assert np.linalg.norm(dense.mean(0) - original.mean(0)) < 3 * original.std()
+
+
+def test_interpolate_writes_the_path(trained, tmp_path):
+    data, run = trained
+    a = next((data / "chair" / "train").glob("*.npy"))
+    b = next((data / "table" / "train").glob("*.npy"))
+    out = tmp_path / "walk.ply"
+    r = _run("pointcloud", "--model", run, "--interpolate", a, b, "--steps", 3, "--points", 64,
+             "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [_n_points(tmp_path / f"walk_{i}.ply") for i in range(3)] == [64, 64, 64]
+
+
+def test_modes_and_inputs_are_checked(trained, tmp_path):
+    data, run = trained
+    assert "exactly one" in _error_line(_run("pointcloud", "--model", run))
+    assert "exactly one" in _error_line(_run("pointcloud", "--model", run, "--category", "chair",
+                                             "--from", tmp_path / "x.ply"))
+    assert "does not exist" in _error_line(_run("pointcloud", "--model", run, "--from",
+                                                tmp_path / "missing.ply",
+                                                "--out", tmp_path / "o.ply"))
+    empty = tmp_path / "empty.xyz"
+    empty.write_text("")
+    _error_line(_run("pointcloud", "--model", run, "--from", empty, "--out", tmp_path / "o.ply"))
+    a = next((data / "chair" / "train").glob("*.npy"))
+    assert "--steps" in _error_line(_run("pointcloud", "--model", run, "--interpolate", a, a,
+                                         "--steps", 1))
