@@ -17,3 +17,26 @@ def model_file(path: Path | str) -> Path:
         raise FlowsuiteError(f"model file {p} does not exist; give a training run's folder or "
                              "its model.safetensors")
     return p
+
+
+def resolve_device(name: str) -> str:
+    """``--device``: ``auto`` is CUDA when present, else the CPU; ``cuda`` without CUDA is an
+    error a user can fix."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FlowsuiteError("--device cuda was asked for but CUDA is not available; use "
+                             "--device cpu or check the GPU driver")
+    return name
+
+
+def category_list(text: str | None) -> list[str] | None:
+    """``--categories a,b``: the names, or ``None`` (all) when not given."""
+    if not text:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise FlowsuiteError("--categories is empty; give names separated by commas")
+    return names

@@ -8,17 +8,8 @@ from pathlib import Path
 
 import click
 
+from flowsuite.cli.common import category_list
 from flowsuite.cli.main import data
-from flowsuite.core.errors import FlowsuiteError
-
-
-def _categories(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    cats = [c.strip() for c in text.split(",") if c.strip()]
-    if not cats:
-        raise FlowsuiteError("--categories is empty; give names separated by commas")
-    return cats
 
 
 @data.command("shapes")
@@ -44,7 +35,7 @@ def shapes_cmd(out: Path, categories: str | None, per_category: int, points: int
 
     if preview is not None:
         check_writable(preview, force)
-    cats = _categories(categories)
+    cats = category_list(categories)
     write_shape_set(out, cats, per_category, points, seed, workers, force, progress=True)
     click.echo(f"wrote {per_category} shapes x {len(cats) if cats else 6} categories to {out}")
     if preview is not None:
@@ -79,7 +70,7 @@ def inspect_cmd(path: Path, split: str, categories: str | None, normalize: str) 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = open_shapes(path, split=split, categories=_categories(categories),
+        ds = open_shapes(path, split=split, categories=category_list(categories),
                          normalize=normalize, progress=True)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)

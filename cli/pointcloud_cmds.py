@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from flowsuite.cli.common import model_file
+from flowsuite.cli.common import category_list, model_file, resolve_device
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -29,26 +29,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"latent_dim": 8, "encoder_width": 16, "point_steps": 2, "point_hidden": [16],
              "latent_steps": 1, "latent_hidden": [16], "category_dim": 4},
 }
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FlowsuiteError("--device cuda was asked for but CUDA is not available; use "
-                             "--device cpu or check the GPU driver")
-    return name
-
-
-def _split_names(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    names = [c.strip() for c in text.split(",") if c.strip()]
-    if not names:
-        raise FlowsuiteError("--categories is empty; give names separated by commas")
-    return names
 
 
 # ---- gen train pointcloud ---------------------------------------------------------------------
@@ -85,8 +65,8 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
     from flowsuite.data.shapes import ShapeFileWarning, open_shapes
     from flowsuite.pointflow.model import PointFlowModel
 
-    cats = _split_names(categories)
-    dev = _device(device)
+    cats = category_list(categories)
+    dev = resolve_device(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ShapeFileWarning)
         train_set = open_shapes(data_dir, "train", cats, "global", points_per_shape, seed=seed)
@@ -139,7 +119,7 @@ def _load(model_path: Path | None, device: str):
         raise FlowsuiteError(_no_model_message())
     model_path = model_file(model_path)
     info = read_metadata(model_path)
-    model = load_model(model_path, expected=MODEL_NAME, map_location=_device(device))
+    model = load_model(model_path, expected=MODEL_NAME, map_location=resolve_device(device))
     try:
         cats = json.loads(info.user["categories"])
     except (KeyError, json.JSONDecodeError):

@@ -10,21 +10,12 @@ import click
 import numpy as np
 import torch
 
-from flowsuite.cli.common import model_file
+from flowsuite.cli.common import model_file, resolve_device
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
 # "tiny" is a smoke-test size (seconds per step on a CPU, useless audio).
 _TINY = dict(n_flows=2, wn_layers=2, wn_channels=16)
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FlowsuiteError("--device cuda was asked for but CUDA is not available; "
-                             "use --device cpu")
-    return name
 
 
 def _make_model(preset: str):
@@ -98,7 +89,7 @@ def train_vocoder(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_
 
     if segment < HOP or segment % HOP:
         raise FlowsuiteError(f"--segment {segment} must be a positive multiple of {HOP} samples")
-    dev = _device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     train_set, val_set = _splits(data_dir, segment)
     every = min(500, steps) if steps > 0 else 1
@@ -181,7 +172,7 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
         raise FlowsuiteError(f"--denoise must not be negative, not {denoise}")
     if chunk_frames < 1:
         raise FlowsuiteError(f"--chunk-frames must be positive, not {chunk_frames}")
-    dev = _device(device)
+    dev = resolve_device(device)
     model = _load(model_path, dev)
     audio = read_audio(in_path, model.sample_rate, model.hop)
     with torch.inference_mode():
@@ -229,7 +220,7 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
         check_writable(json_path, force)
     if clips < 1:
         raise FlowsuiteError(f"--clips must be positive, not {clips}")
-    dev = _device(device)
+    dev = resolve_device(device)
     model = _load(model_path, dev)
     if segment < 2 * model.hop or segment % model.hop:
         raise FlowsuiteError(f"--segment {segment} must be a multiple of {model.hop} samples, "
