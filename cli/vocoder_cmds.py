@@ -159,13 +159,17 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int, force: bool) -> N
 @click.option("--chunk-frames", type=int, default=256, show_default=True,
               help="Mel frames synthesised at a time (bounds memory).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--preview", type=click.Path(path_type=Path), default=None,
+              help="Also write a PNG of the input's and the output's spectrograms.")
+@click.option("--force", is_flag=True, help="Replace existing outputs.")
 def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denoise: float,
-           device: str, chunk_frames: int, seed: int, force: bool) -> None:
+           device: str, chunk_frames: int, seed: int, preview: Path | None, force: bool) -> None:
     """Resynthesise audio IN through its mel spectrogram with a WaveGlow vocoder."""
     from flowsuite.core.io import check_writable
 
     check_writable(out_path, force)
+    if preview is not None:
+        check_writable(preview, force)
     if not (sigma >= 0 and math.isfinite(sigma)):
         raise FlowsuiteError(f"--sigma must be a non-negative number, not {sigma}")
     if denoise < 0:
@@ -184,6 +188,15 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
                              "undertrained or broken, train it further")
     write_wav(out_path, out, model.sample_rate, force)
     click.echo(f"wrote {out_path} ({len(out) / model.sample_rate:.2f} s)")
+    if preview is not None:
+        from flowsuite.musicflow.preview import write_spectrograms
+
+        with torch.inference_mode():
+            out_mel = model.mel(torch.from_numpy(out).to(dev))
+        write_spectrograms(preview, [(f"input: {in_path.name}", mel),
+                                     (f"WaveGlow resynthesis (sigma {sigma:g})", out_mel)],
+                           model.sample_rate, model.hop, force=force)
+        click.echo(f"wrote {preview}")
 
 
 # ------------------------------------------------------------------------------------- eval
@@ -204,10 +217,13 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing --json file.")
+@click.option("--preview", type=click.Path(path_type=Path), default=None,
+              help="Also write a PNG comparing the spectrograms of the first clip: held-out "
+                   "reference, WaveGlow and Griffin-Lim.")
+@click.option("--force", is_flag=True, help="Replace existing --json / --preview files.")
 def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips: int,
                  segment: int, sigma: float, gl_iters: int, device: str, seed: int,
-                 force: bool) -> None:
+                 preview: Path | None, force: bool) -> None:
     """Compare WaveGlow and Griffin-Lim resynthesis of held-out clips (lower is better)."""
     from flowsuite.core.io import atomic_path, check_writable
     from flowsuite.musicflow.metrics import (
@@ -216,8 +232,9 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
         multi_resolution_stft,
     )
 
-    if json_path is not None:
-        check_writable(json_path, force)
+    for path in (json_path, preview):
+        if path is not None:
+            check_writable(path, force)
     if clips < 1:
         raise FlowsuiteError(f"--clips must be positive, not {clips}")
     dev = resolve_device(device)
@@ -230,6 +247,7 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
     picks = np.unique(np.linspace(0, len(data) - 1, n).round().astype(int))
     names = ("spectral_convergence", "log_mag_l1", "mr_stft", "log_mel_l1", "mcd_db")
     sums = {sys: dict.fromkeys(names, 0.0) for sys in ("waveglow", "griffin_lim")}
+    panels: list = []
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.inference_mode():
         for i in picks:
@@ -245,6 +263,14 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
                 m["mcd_db"] = mel_cepstral_distortion(mel, est_mel)
                 for k in names:
                     sums[sys][k] += m[k]
+                if i == picks[0]:  # the first clip is the one pictured by --preview
+                    if not panels:
+                        panels.append((f"held-out reference ({segment / model.sample_rate:.2f} s)",
+                                       mel))
+                    label = ("WaveGlow" if sys == "waveglow"
+                             else f"Griffin-Lim, {gl_iters} iterations")
+                    panels.append((f"{label}: MR-STFT {m['mr_stft']:.3f}, "
+                                   f"log-mel L1 {m['log_mel_l1']:.3f}", est_mel))
     result = {"model": str(model_path), "data": str(data_dir), "clips": len(picks),
               "segment": segment, "sigma": sigma,
               "metrics": {sys: {k: v / len(picks) for k, v in d.items()}
@@ -258,3 +284,8 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
         with atomic_path(json_path, force=force) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
+    if preview is not None:
+        from flowsuite.musicflow.preview import write_spectrograms
+
+        write_spectrograms(preview, panels, model.sample_rate, model.hop, force=force)
+        click.echo(f"wrote {preview}")

@@ -184,3 +184,30 @@ def test_resume_continues_a_run_to_more_steps(run, tmp_path):
     assert (out / "model.safetensors").is_file()
     last = (out / "metrics.jsonl").read_text().strip().splitlines()[-1]
     assert json.loads(last)["step"] == 3
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_vocode_and_eval_write_spectrogram_previews(run, tmp_path):
+    root, data, model = run
+    out, png = tmp_path / "o.wav", tmp_path / "o.png"
+    r = _invoke("vocode", data / "s0.wav", "--out", out, "--model", model, "--device", "cpu",
+                "--preview", png)
+    assert r.exit_code == 0, r.output
+    w2, h2 = _png_size(png)
+    cmp_png = tmp_path / "cmp.png"
+    r = _invoke("eval", "vocoder", "--model", model, "--data", data, "--clips", 1,
+                "--segment", 2048, "--gl-iters", 2, "--device", "cpu", "--preview", cmp_png)
+    assert r.exit_code == 0, r.output
+    w3, h3 = _png_size(cmp_png)
+    assert w3 == w2 and h3 > h2  # three panels (reference, WaveGlow, Griffin-Lim) against two
+    # an existing preview is kept unless --force, and nothing is half-written
+    before = png.read_bytes()
+    r = _invoke("vocode", data / "s0.wav", "--out", tmp_path / "o2.wav", "--model", model,
+                "--device", "cpu", "--preview", png)
+    assert r.exit_code == 2 and "--force" in r.output and png.read_bytes() == before
+    assert not (tmp_path / "o2.wav").exists()
