@@ -82,7 +82,8 @@ def _apply_config(ctx: click.Context, param: click.Parameter, value: Path | None
         try:
             option.type_cast_value(ctx, raw)
         except click.BadParameter as e:
-            raise FlowsuiteError(f"--config {value}: {key} = {raw!r} is not valid ({e.message})"
+            why = e.message.rstrip(".")
+            raise FlowsuiteError(f"--config {value}: {key} = {raw!r} is not valid ({why})"
                                  ) from None
         defaults[option.name] = raw
     ctx.default_map = defaults

@@ -70,12 +70,13 @@ _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 def shipped_path(name: str) -> Path:
     """The weights file of the shipped model ``name``; a one-line error when it is not shipped."""
     if name not in SHIPPED:
-        raise FlowsuiteError(f"no shipped model is called {name!r}; shipped: {', '.join(SHIPPED)}")
+        raise FlowsuiteError(f"no shipped model is called {name!r}; the names are "
+                             f"{', '.join(SHIPPED)}")
     path = MODELS_DIR / f"{name}.safetensors"
     if not path.is_file():
-        raise FlowsuiteError(f"no --model given, and this installation ships no trained {name} "
-                             f"model ({path} is missing); train one with {TRAIN_HINTS[name]}, "
-                             "and pass --model run")
+        raise FlowsuiteError(f"this installation ships no trained {name} model ({path} is "
+                             f"missing); train one with {TRAIN_HINTS[name]}, and pass the run "
+                             "folder with --model")
     return path
 
 
