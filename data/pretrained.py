@@ -48,6 +48,10 @@ SHIPPED: dict[str, str] = {
     "mel-prior": "flow prior over mel spectrograms of music (gen music)",
 }
 
+# The registered model name (core.checkpoint.register_model) that each shipped file must hold.
+MODEL_OF: dict[str, str] = {"pointflow": "pointflow", "waveglow": "waveglow",
+                            "mel-prior": "mel-prior"}
+
 # How to train each one yourself, for the messages given when it is not shipped.
 TRAIN_HINTS: dict[str, str] = {
     "pointflow": "`gen data shapes --out shapes` then `gen train pointcloud --data shapes "
@@ -97,14 +101,15 @@ def load_pretrained(name: str, path: str | os.PathLike | None = None, *,
 
     ``path`` ``None`` takes the shipped model ``name`` (a one-line error when it is not shipped);
     otherwise a training run's folder or a ``.safetensors`` file. ``expected`` names the
-    registered model the caller can use (default: ``name``). Half-precision files come back in
-    the model's own dtype.
+    registered model the caller can use (default: ``MODEL_OF[name]``). Half-precision files come
+    back in the model's own dtype.
     """
     from flowsuite.core.checkpoint import load_model, model_file, read_metadata
 
     file = shipped_path(name) if path is None else model_file(path)
     info = read_metadata(file)
-    model = load_model(file, expected=expected or name, map_location=map_location)
+    model = load_model(file, expected=expected or MODEL_OF.get(name, name),
+                       map_location=map_location)
     return model.eval(), info
 
 

@@ -44,7 +44,14 @@ def pack(source: str | os.PathLike, name: str, card_file: str | os.PathLike,
 
     src = model_file(source)
     info = read_metadata(src)
-    model = load_model(src, expected=card.fields["model"])
+    want = pt.MODEL_OF[name]
+    if info.model != want:
+        raise FlowsuiteError(f"{src} holds a {info.model or 'unregistered'} model; the shipped "
+                             f"{name} must be a {want} model")
+    if card.fields["model"] != want:
+        raise FlowsuiteError(f"{card_file} says model: {card.fields['model']}, but the shipped "
+                             f"{name} is a {want} model; write model: {want}")
+    model = load_model(src, expected=want)
     count = sum(p.numel() for p in model.parameters())
     if card.parameter_count() != count:
         raise FlowsuiteError(f"{card_file} says parameters: {card.fields['parameters']}, but the "

@@ -21,14 +21,6 @@ def _params(command: str, *args) -> dict:
         return dict(ctx.params)
 
 
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def test_command_line_beats_file_beats_defaults(tmp_path):
     cfg = tmp_path / "r.toml"
     cfg.write_text('preset = "tiny"\nsteps = 50\nbatch-size = 4\npoints_per_shape = 64\n'
@@ -62,19 +54,19 @@ def test_shipped_recipes_fit_their_commands(command, recipe, tmp_path):
     ('steps = "many"\n', "steps = 'many' is not valid ("),
     ('preset = "huge"\n', "preset = 'huge' is not valid ("),
 ])
-def test_bad_recipes_are_one_line_errors(content, message, tmp_path):
+def test_bad_recipes_are_one_line_errors(content, message, tmp_path, error_line):
     cfg = tmp_path / "r.toml"
     cfg.write_text(content)
     for command in ("pointcloud", "vocoder"):
         r = CliRunner().invoke(cli, ["train", command, "--config", str(cfg), "--data",
                                      str(tmp_path), "--out", str(tmp_path / "run")])
-        line = _error_line(r)
+        line = error_line(r)
         assert message in line and str(cfg) in line
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_recipe_and_unknown_key_lists_options(tmp_path):
-    line = _error_line(CliRunner().invoke(cli, ["train", "vocoder", "--config",
+def test_missing_recipe_and_unknown_key_lists_options(tmp_path, error_line):
+    line = error_line(CliRunner().invoke(cli, ["train", "vocoder", "--config",
                                                 str(tmp_path / "no.toml")]))
     assert "no.toml does not exist" in line
     cfg = tmp_path / "r.toml"

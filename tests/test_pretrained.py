@@ -43,14 +43,6 @@ def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def _error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def _card(model: str, parameters: int, **changes: str | None) -> str:
     fields = {"model": model, "parameters": f"{parameters:,}", "data": "tiny test data",
               "command": "gen train pointcloud --preset tiny", "hardware": "2-core CPU",
@@ -248,8 +240,11 @@ def test_pack_checks_the_card_against_the_model(pf_run, tmp_path, models_dir, ca
     with pytest.raises(FlowsuiteError, match=f"write parameters: {_count(model)}"):
         pack.pack(run, "pointflow", card)
     card.write_text(_card("waveglow", _count(model)))
-    with pytest.raises(FlowsuiteError, match="pointflow checkpoint; this command needs a waveglow"):
+    with pytest.raises(FlowsuiteError, match="says model: waveglow.*write model: pointflow"):
         pack.pack(run, "pointflow", card)
+    with pytest.raises(FlowsuiteError, match="holds a pointflow model; the shipped waveglow must "
+                                             "be a waveglow model"):
+        pack.pack(run, "waveglow", card)
     card.write_text(_card("pointflow", _count(model), steps=""))
     assert pack.main([str(run), "--name", "pointflow", "--card", str(card)]) == 2
     err = capsys.readouterr().err
@@ -261,14 +256,14 @@ def test_pack_checks_the_card_against_the_model(pf_run, tmp_path, models_dir, ca
 
 # ---- gen models -------------------------------------------------------------------------------
 
-def test_gen_models_without_models_says_how_to_train(models_dir):
+def test_gen_models_without_models_says_how_to_train(models_dir, error_line):
     r = _run("models")
     assert r.exit_code == 0, r.output
     assert "no trained models are shipped" in r.output
     assert "gen train pointcloud" in r.output and "gen train vocoder" in r.output
     assert "error: this installation ships no trained waveglow model" in \
-        _error_line(_run("models", "show", "waveglow"))
-    assert "no shipped model is called 'nope'" in _error_line(_run("models", "show", "nope"))
+        error_line(_run("models", "show", "waveglow"))
+    assert "no shipped model is called 'nope'" in error_line(_run("models", "show", "nope"))
 
 
 def test_gen_models_lists_and_shows_cards(pf_run, tmp_path, models_dir):
@@ -305,26 +300,26 @@ def test_from_pretrained_shipped_and_run(pf_run, wg_run, tmp_path, models_dir):
         assert torch.equal(wg.log_prob(audio), wg_run[1].log_prob(audio))
 
 
-def test_gen_pointcloud_and_eval_use_the_shipped_model(pf_run, tmp_path, models_dir):
+def test_gen_pointcloud_and_eval_use_the_shipped_model(pf_run, tmp_path, models_dir, error_line):
     out = tmp_path / "c.ply"
-    line = _error_line(_run("pointcloud", "--category", "chair", "--out", out, "--points", 32))
+    line = error_line(_run("pointcloud", "--category", "chair", "--out", out, "--points", 32))
     assert "ships no trained pointflow model" in line and "gen train pointcloud" in line
-    line = _error_line(_run("eval", "pointcloud", "--data", tmp_path))
+    line = error_line(_run("eval", "pointcloud", "--data", tmp_path))
     assert "ships no trained pointflow model" in line
     _pack_pointflow(pf_run, tmp_path)
     r = _run("pointcloud", "--category", "chair", "--out", out, "--points", 32, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert out.is_file()
-    line = _error_line(_run("pointcloud", "--category", "lamp", "--out", tmp_path / "l.ply"))
+    line = error_line(_run("pointcloud", "--category", "lamp", "--out", tmp_path / "l.ply"))
     assert "knows chair, table" in line
 
 
-def test_gen_vocode_uses_the_shipped_model(wg_run, tmp_path, models_dir):
+def test_gen_vocode_uses_the_shipped_model(wg_run, tmp_path, models_dir, error_line):
     wav = tmp_path / "in.wav"
     sf.write(wav, (0.2 * np.sin(np.arange(4096) / 10)).astype(np.float32), 22050)
-    line = _error_line(_run("vocode", wav, "--out", tmp_path / "o.wav"))
+    line = error_line(_run("vocode", wav, "--out", tmp_path / "o.wav"))
     assert "ships no trained waveglow model" in line and "gen train vocoder" in line
-    line = _error_line(_run("eval", "vocoder", "--data", tmp_path))
+    line = error_line(_run("eval", "vocoder", "--data", tmp_path))
     assert "ships no trained waveglow model" in line
     save_model(wg_run[1], models_dir / "waveglow.safetensors", dtype=torch.float16)
     r = _run("vocode", wav, "--out", tmp_path / "o.wav", "--device", "cpu")
