@@ -44,13 +44,17 @@ def models(ctx: click.Context) -> None:
             click.echo(f"{'':<10} file {_megabytes(size)} ({info.dtype or 'float32'}); no usable "
                        f"card: {e}")
             continue
+        try:
+            params = f"{card.parameter_count():,}"
+        except FlowsuiteError:
+            params = card.fields.get("parameters") or "?"
         click.echo(f"{'':<10} file {_megabytes(size)} ({info.dtype or 'float32'}), "
-                   f"parameters {card.fields.get('parameters', '?')}")
+                   f"parameters {params}")
         for key in _SHOWN:
             if card.fields.get(key):
                 click.echo(f"{'':<10} {key}: {card.fields[key]}")
         for key, value in card.metrics.items():
-            click.echo(f"{'':<10} {key}: {value}")
+            click.echo(f"{'':<10} metric {key}: {value}")
     missing = [n for n in pt.SHIPPED if n not in names]
     for name in missing:
         click.echo(f"{name:<10} not shipped; train one with {pt.TRAIN_HINTS[name]}")

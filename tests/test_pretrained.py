@@ -273,7 +273,7 @@ def test_gen_models_lists_and_shows_cards(pf_run, tmp_path, models_dir):
     size_mb = (models_dir / "pointflow.safetensors").stat().st_size / 1e6
     assert r.output.startswith("pointflow  point clouds")
     assert f"file {size_mb:.1f} MB (float16), parameters {_count(pf_run[1]):,}" in r.output
-    assert "wall_time: 3 s" in r.output and "1-NNA-CD: 0.93 (test split)" in r.output
+    assert "wall_time: 3 s" in r.output and "metric 1-NNA-CD: 0.93 (test split)" in r.output
     assert "waveglow   not shipped; train one with `gen data music" in r.output
     assert "1 model(s)" in r.output
     r = _run("models", "show", "pointflow")
