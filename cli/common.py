@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import click
+
+from flowsuite.core.checkpoint import model_file as model_file  # re-exported for the commands
 from flowsuite.core.errors import FlowsuiteError
 
-
-def model_file(path: Path | str) -> Path:
-    """The weights file a ``--model`` names: a ``.safetensors`` file, or a training run's folder
-    (its final ``model.safetensors``)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    if not p.is_file():
-        raise FlowsuiteError(f"model file {p} does not exist; give a training run's folder or "
-                             "its model.safetensors")
-    return p
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def resolve_device(name: str) -> str:
@@ -40,3 +35,72 @@ def category_list(text: str | None) -> list[str] | None:
     if not names:
         raise FlowsuiteError("--categories is empty; give names separated by commas")
     return names
+
+
+# ---- --config FILE.toml -----------------------------------------------------------------------
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The top-level ``key = value`` pairs of a TOML recipe; a one-line error for a missing or
+    malformed file."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise FlowsuiteError(f"--config {path} does not exist; give a TOML recipe file") from None
+    except IsADirectoryError:
+        raise FlowsuiteError(f"--config {path} is a folder; give a TOML recipe file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FlowsuiteError(f"--config {path} is not valid TOML ({e}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FlowsuiteError(f"--config {path} cannot be read ({e})") from None
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise FlowsuiteError(f"--config {path}: [{key}] is a table; a recipe holds plain "
+                                 "`option = value` lines")
+    return values
+
+
+def _apply_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """Eager callback of ``--config``: the file's values become the command's option defaults,
+    so options given on the command line still win."""
+    if value is None:
+        return
+    options: dict[str, click.Option] = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p is not param and p.name:
+            options[p.name] = p
+            options.update({o[2:]: p for o in p.opts if o.startswith("--")})
+    defaults = dict(ctx.default_map or {})
+    for key, raw in read_config(value).items():
+        option = options.get(key)
+        if option is None:
+            known = sorted({_long_name(o) for o in options.values()})
+            raise FlowsuiteError(f"--config {value}: unknown option {key!r} for this command; "
+                                 f"it takes {', '.join(known)}")
+        try:
+            option.type_cast_value(ctx, raw)
+        except click.BadParameter as e:
+            why = e.message.rstrip(".")
+            raise FlowsuiteError(f"--config {value}: {key} = {raw!r} is not valid ({why})"
+                                 ) from None
+        defaults[option.name] = raw
+    ctx.default_map = defaults
+
+
+def _long_name(option: click.Option) -> str:
+    longs = [o[2:] for o in option.opts if o.startswith("--")]
+    return longs[0] if longs else str(option.name)
+
+
+def config_option(command: F) -> F:
+    """Decorator for a click command: ``--config FILE.toml`` supplies the command's option values
+    from the file's top-level ``name = value`` lines (long option names, ``batch-size`` or
+    ``batch_size``); options given on the command line override the file. Unknown keys, wrong
+    values and unreadable files end in one line."""
+    return click.option(
+        "--config", type=click.Path(path_type=Path), default=None, is_eager=True,
+        expose_value=False, callback=_apply_config,
+        help="TOML recipe of option values (e.g. recipes/pointflow.toml); flags given on the "
+             "command line win.")(command)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from flowsuite.cli.common import category_list, model_file, resolve_device
+from flowsuite.cli.common import category_list, config_option, resolve_device
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -34,6 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # ---- gen train pointcloud ---------------------------------------------------------------------
 
 @train.command("pointcloud")
+@config_option
 @click.option("--data", "data_dir", required=True,
               type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of shapes (e.g. written by `gen data shapes`).")
@@ -105,32 +106,16 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
 
 # ---- loading a trained model ------------------------------------------------------------------
 
-def _no_model_message() -> str:
-    return ("no --model given, and flowsuite ships no trained point-cloud model yet; train one "
-            "with `gen data shapes --out shapes` then `gen train pointcloud --data shapes --out "
-            "run`, and pass --model run/model.safetensors")
-
-
 def _load(model_path: Path | None, device: str):
-    """The model, its category names and its normalisation stats (or None)."""
-    from flowsuite.core.checkpoint import load_model, read_metadata
+    """The model, its category names and its normalisation stats (or None); the shipped model
+    when ``model_path`` is None."""
+    from flowsuite.pointflow.model import PointFlowModel
 
-    if model_path is None:
-        raise FlowsuiteError(_no_model_message())
-    model_path = model_file(model_path)
-    info = read_metadata(model_path)
-    model = load_model(model_path, expected=MODEL_NAME, map_location=resolve_device(device))
-    try:
-        cats = json.loads(info.user["categories"])
-    except (KeyError, json.JSONDecodeError):
-        cats = [str(i) for i in range(model.num_categories)]
-    try:
-        stats = json.loads(info.user["stats"])
-    except (KeyError, json.JSONDecodeError):
-        stats = None
-        click.echo(f"note: {model_path} stores no normalisation statistics; the clouds stay in "
-                   "the model's normalised coordinates", err=True)
-    return model, cats, stats
+    model = PointFlowModel.from_pretrained(model_path, map_location=resolve_device(device))
+    if model.stats is None:
+        click.echo(f"note: {model_path or 'the model'} stores no normalisation statistics; the "
+                   "clouds stay in the model's normalised coordinates", err=True)
+    return model, model.categories, model.stats
 
 
 def _category_id(name: str, cats: list[str]) -> int:
@@ -167,7 +152,8 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
 
 @cli.command("pointcloud")
 @click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
-              help="A trained model (a `gen train pointcloud` run or its model.safetensors).")
+              help="A trained model (a `gen train pointcloud` run or its model.safetensors; "
+                   "default: the shipped one).")
 @click.option("--category", default=None, help="Category name to generate, e.g. chair.")
 @click.option("--from", "from_path", default=None, type=click.Path(path_type=Path),
               help="Encode this cloud or mesh and resample it (reconstruction, upsampling).")
@@ -283,7 +269,9 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
 # ---- gen eval pointcloud ----------------------------------------------------------------------
 
 @eval_.command("pointcloud")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="A trained model (a run folder or its model.safetensors; default: the "
+                   "shipped one).")
 @click.option("--data", "data_dir", required=True,
               type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of shapes; its test split is the reference.")
@@ -302,8 +290,8 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
-def eval_pointcloud(model_path: Path, data_dir: Path, category: str | None, count: int | None,
-                    points: int, normalization: str, emd_method: str, seed: int,
+def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | None,
+                    count: int | None, points: int, normalization: str, emd_method: str, seed: int,
                     json_out: Path | None, device: str, force: bool) -> None:
     """Compare generated shapes with the test split (MMD, COV, 1-NNA with CD and EMD)."""
     import numpy as np

@@ -10,7 +10,7 @@ import click
 import numpy as np
 import torch
 
-from flowsuite.cli.common import model_file, resolve_device
+from flowsuite.cli.common import config_option, resolve_device
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -26,10 +26,11 @@ def _make_model(preset: str):
     return WaveGlow.from_preset(preset)
 
 
-def _load(model_path: str, device: str):
-    from flowsuite.core.checkpoint import load_model
+def _load(model_path: Path | None, device: str):
+    """The WaveGlow in ``model_path`` (a run folder or file), or the shipped one when None."""
+    from flowsuite.musicflow.waveglow import WaveGlow
 
-    return load_model(model_file(model_path), expected="waveglow", map_location=device)
+    return WaveGlow.from_pretrained(model_path, map_location=device)
 
 
 def _splits(root: Path, segment: int) -> tuple:
@@ -66,6 +67,7 @@ def _held_out(root: Path, segment: int):
 
 
 @train.command("vocoder")
+@config_option
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of audio (or a music set made by `gen data music`).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
@@ -148,8 +150,8 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int, force: bool) -> N
 @click.argument("in_path", metavar="IN", type=click.Path(path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="Output .wav (22050 Hz).")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="A WaveGlow model.safetensors.")
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="A WaveGlow run folder or model.safetensors (default: the shipped one).")
 @click.option("--sigma", type=float, default=0.6, show_default=True,
               help="Latent noise scale (0 = deterministic).")
 @click.option("--denoise", type=float, default=0.0, show_default=True,
@@ -162,8 +164,9 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int, force: bool) -> N
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
               help="Also write a PNG of the input's and the output's spectrograms.")
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
-def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denoise: float,
-           device: str, chunk_frames: int, seed: int, preview: Path | None, force: bool) -> None:
+def vocode(in_path: Path, out_path: Path, model_path: Path | None, sigma: float, denoise: float,
+           device: str, chunk_frames: int, seed: int, preview: Path | None,
+           force: bool) -> None:
     """Resynthesise audio IN through its mel spectrogram with a WaveGlow vocoder."""
     from flowsuite.core.io import check_writable
 
@@ -184,8 +187,8 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
         out = model.infer(mel, sigma, chunk_frames=chunk_frames, denoise=denoise, seed=seed)
     out = out.float().cpu().numpy()
     if not np.isfinite(out).all():
-        raise FlowsuiteError(f"the model in {model_path} produced NaN audio; it is probably "
-                             "undertrained or broken, train it further")
+        raise FlowsuiteError(f"the model in {model_path or 'the shipped file'} produced NaN "
+                             "audio; it is probably undertrained or broken, train it further")
     write_wav(out_path, out, model.sample_rate, force)
     click.echo(f"wrote {out_path} ({len(out) / model.sample_rate:.2f} s)")
     if preview is not None:
@@ -203,7 +206,8 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
 
 
 @eval_.command("vocoder")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="A WaveGlow run folder or model.safetensors (default: the shipped one).")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Held-out audio: a music set's test split, or a folder.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -221,7 +225,7 @@ def vocode(in_path: Path, out_path: Path, model_path: Path, sigma: float, denois
               help="Also write a PNG comparing the spectrograms of the first clip: held-out "
                    "reference, WaveGlow and Griffin-Lim.")
 @click.option("--force", is_flag=True, help="Replace existing --json / --preview files.")
-def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips: int,
+def eval_vocoder(model_path: Path | None, data_dir: Path, json_path: Path | None, clips: int,
                  segment: int, sigma: float, gl_iters: int, device: str, seed: int,
                  preview: Path | None, force: bool) -> None:
     """Compare WaveGlow and Griffin-Lim resynthesis of held-out clips (lower is better)."""
@@ -271,7 +275,8 @@ def eval_vocoder(model_path: Path, data_dir: Path, json_path: Path | None, clips
                              else f"Griffin-Lim, {gl_iters} iterations")
                     panels.append((f"{label}: MR-STFT {m['mr_stft']:.3f}, "
                                    f"log-mel L1 {m['log_mel_l1']:.3f}", est_mel))
-    result = {"model": str(model_path), "data": str(data_dir), "clips": len(picks),
+    result = {"model": str(model_path or "shipped waveglow"), "data": str(data_dir),
+              "clips": len(picks),
               "segment": segment, "sigma": sigma,
               "metrics": {sys: {k: v / len(picks) for k, v in d.items()}
                           for sys, d in sums.items()}}

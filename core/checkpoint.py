@@ -270,14 +270,37 @@ def _storable_state(state: Mapping[str, Tensor], dtype: torch.dtype | None
                 continue
             seen[key] = name
         if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
+            t = _narrowed(name, t, dtype)
         # A fresh, contiguous CPU copy: partly overlapping views must not share memory in the file.
         tensors[name] = t.to("cpu", copy=True).contiguous()
     return tensors, aliases
 
 
+def _narrowed(name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``; an error when a finite value does not fit (float16 ends at 65504)."""
+    out = t.to(dtype)
+    if t.dtype.itemsize > dtype.itemsize and bool((torch.isfinite(t) & ~torch.isfinite(out)).any()):
+        big = t[torch.isfinite(t)].abs().max().item()
+        raise FlowsuiteError(f"tensor {name} holds values up to {big:.4g}, beyond the range of "
+                             f"{str(dtype).removeprefix('torch.')}; store the model in bfloat16 "
+                             "or float32")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """The weights file a path names: a ``.safetensors`` file, or a training run's folder (its
+    final ``model.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise FlowsuiteError(f"model file {p} does not exist; give a training run's folder or "
+                             "its model.safetensors")
+    return p
 
 
 def read_metadata(path: str | os.PathLike) -> CheckpointInfo:

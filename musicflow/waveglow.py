@@ -11,6 +11,7 @@ correspond to exactly ``F * hop`` samples (the framing of :mod:`flowsuite.musicf
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -185,6 +186,17 @@ class WaveGlow(nn.Module):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *,
+                        map_location: str | torch.device = "cpu") -> WaveGlow:
+        """A trained vocoder in eval mode: the shipped one (``path=None``), or a training run's
+        folder or ``.safetensors`` file. ``model.metadata`` holds the file's extra metadata."""
+        from flowsuite.data.pretrained import load_pretrained
+
+        model, info = load_pretrained("waveglow", path, map_location=map_location)
+        model.metadata = dict(info.user)
+        return model
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -13,7 +13,9 @@ nats per point whatever the size of the cloud.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,6 +108,31 @@ class PointFlowModel(nn.Module):
     def from_config(cls, config: dict[str, Any]) -> PointFlowModel:
         """Rebuilds the architecture from ``config`` (weights are loaded separately)."""
         return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *,
+                        map_location: str | torch.device = "cpu") -> PointFlowModel:
+        """A trained model in eval mode: the shipped one (``path=None``), or a training run's
+        folder or ``.safetensors`` file.
+
+        ``model.categories`` holds the category names in id order and ``model.stats`` the data's
+        normalisation ``{"mean": [3], "std": s}`` (``None`` when the file has none): sampled
+        clouds times ``std`` plus ``mean`` are in the data's coordinates. ``model.metadata``
+        holds all of the file's extra metadata.
+        """
+        from flowsuite.data.pretrained import load_pretrained
+
+        model, info = load_pretrained("pointflow", path, map_location=map_location)
+        model.metadata = dict(info.user)
+        try:
+            model.categories = [str(c) for c in json.loads(info.user["categories"])]
+        except (KeyError, TypeError, json.JSONDecodeError):
+            model.categories = [str(i) for i in range(model.num_categories)]
+        try:
+            model.stats = json.loads(info.user["stats"])
+        except (KeyError, json.JSONDecodeError):
+            model.stats = None
+        return model
 
     @property
     def device(self) -> torch.device:
