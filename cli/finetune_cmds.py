@@ -25,6 +25,8 @@ from flowsuite.core.errors import FlowsuiteError
 RECORD = "finetune.json"
 # The model frame of a model file without normalisation stats: coordinates as they are.
 _IDENTITY = {"mean": [0.0, 0.0, 0.0], "std": 1.0}
+# Shapes drawn per category for --replay generated.
+_REPLAY_POOL = 64
 
 
 class _Relabeled(Dataset):
@@ -77,6 +79,41 @@ def _check_run_folder(out: Path, resume: bool) -> dict[str, Any] | None:
                              "folder") from None
 
 
+class _GeneratedReplay(Dataset):
+    """Rehearsal without the original data: shapes the model drew of its own categories before
+    fine-tuning. ``pool`` is ``(C, K, P, 3)``, K shapes of P points for each of C categories (the
+    model's ids ``ids``); the dataset has ``per_category`` items per category, each a random
+    pool shape and a random ``points`` of its points, drawn from torch's generator (which the
+    trainer seeds per step, so a resumed run sees the same items)."""
+
+    def __init__(self, pool: Any, ids: list[int], per_category: int, points: int):
+        self.pool, self.ids, self.per_category, self.points = pool, ids, per_category, points
+
+    def __len__(self) -> int:
+        return len(self.ids) * self.per_category
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        c = i // self.per_category
+        shape = self.pool[c, int(torch.randint(self.pool.shape[1], ()))]
+        pick = torch.randperm(shape.shape[0])[:self.points]
+        return {"points": shape[pick].contiguous(), "category": self.ids[c], "index": i}
+
+
+def _generated_replay(model, ids: list[int], per_category: int, points: int,
+                      seed: int) -> Dataset:
+    """A :class:`_GeneratedReplay` of ``_REPLAY_POOL`` shapes (twice ``points`` points each) per
+    category id in ``ids``, sampled now from ``model``, in its own frame."""
+    import torch
+
+    from flowsuite.cli.pointcloud_cmds import _generate
+
+    pool = torch.stack([_generate(model, c, _REPLAY_POOL, 2 * points, seed + 7919 * c, 1.0, None)
+                        for c in ids])
+    return _GeneratedReplay(pool, ids, per_category, points)
+
+
 def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
                 points_per_shape: int, seed: int) -> tuple[Dataset, list[str]]:
     """Up to ``per_category`` training shapes (seeded choice) of each of the ``known``
@@ -85,6 +122,9 @@ def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
     from flowsuite.cli.pointcloud_cmds import open_sets
     from flowsuite.data.shapes import scan_shapes
 
+    if not replay.is_dir():
+        raise FlowsuiteError(f"--replay {replay} is not a folder; give the model's training "
+                             "data, 'generated' or 'none'")
     _, found = scan_shapes(replay, seed)
     names = [c for c in known if c in found and found[c]["train"]]
     if not names:
@@ -122,14 +162,14 @@ def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
                    "more `gen data shapes` output) and are normalised with the model's own "
                    "statistics. Either way the model keeps its original statistics, so all "
                    "categories, old and new, are generated in the original data's coordinates.")
-@click.option("--replay", "replay_dir", default=None,
-              type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="The model's original training data (e.g. a `gen data shapes` folder): "
-                   "shapes of the model's categories that --data does not hold are mixed in, so "
-                   "they are rehearsed rather than forgotten.")
+@click.option("--replay", default="generated", show_default=True,
+              help="Rehearse the model's categories that --data does not hold, so they are not "
+                   "forgotten: 'generated' mixes in shapes the model draws of them before "
+                   "fine-tuning; a folder (the model's original training data, e.g. a `gen data "
+                   "shapes` folder) mixes in its shapes of them; 'none' trains on --data only.")
 @click.option("--replay-per-category", default=None, type=click.IntRange(1),
-              help="Shapes per replayed category (default: as many as the largest category "
-                   "in --data has).")
+              help="Replayed shapes per category and epoch (default: as many as the largest "
+                   "category in --data has).")
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--points-per-shape", default=2048, show_default=True, type=click.IntRange(1),
@@ -145,7 +185,7 @@ def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
 def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
-                        categories: str | None, units: str, replay_dir: Path | None,
+                        categories: str | None, units: str, replay: str,
                         replay_per_category: int | None, steps: int, batch_size: int,
                         points_per_shape: int, lr: float, device: str, seed: int, resume: bool,
                         val_every: int | None, ckpt_every: int | None) -> None:
@@ -189,23 +229,29 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
         model.add_categories(len(new))
     ids = [all_cats.index(c) for c in names]
     parts: list[Dataset] = [_Relabeled(train_set, ids)]
+    absent = [c for c in old_cats if c not in names]
+    per_category = replay_per_category or max(
+        Counter(map(train_set.category_of, range(len(train_set)))).values())
     replayed: list[str] = []
-    if replay_dir is not None:
-        largest = max(Counter(map(train_set.category_of, range(len(train_set)))).values())
-        replay, replayed = _replay_set(replay_dir, [c for c in old_cats if c not in names],
-                                       frame, replay_per_category or largest,
+    if replay == "generated" and absent:
+        replayed = absent
+        parts.append(_generated_replay(model, [all_cats.index(c) for c in absent], per_category,
+                                       points_per_shape, seed))
+    elif replay not in ("generated", "none"):
+        shapes, replayed = _replay_set(Path(replay), absent, frame, per_category,
                                        points_per_shape, seed)
-        parts.append(_Relabeled(replay, [all_cats.index(c) for c in replayed]))
+        parts.append(_Relabeled(shapes, [all_cats.index(c) for c in replayed]))
     data = ConcatDataset(parts) if len(parts) > 1 else parts[0]
     val = _Relabeled(val_set, ids) if val_set is not None else None
 
     refined = [c for c in names if c in old_cats]
     n_val = len(val_set) if val_set is not None else 0
+    kind = "generated " if replay == "generated" else ""
+    rehearsal = (f"; replaying {len(data) - len(train_set)} {kind}shapes of "
+                 f"{', '.join(replayed)}" if replayed else "")
     click.echo(f"fine-tuning {source} on {len(train_set)} shapes ({n_val} for validation): "
                f"refining {', '.join(refined) or 'no known category'}; "
-               f"new: {', '.join(new) or 'none'}"
-               + (f"; replaying {len(data) - len(train_set)} shapes of {', '.join(replayed)}"
-                  if replayed else "") + f"; {dev}")
+               f"new: {', '.join(new) or 'none'}{rehearsal}; {dev}")
     info = {"from": str(source), "categories": all_cats, "new_categories": new, "units": units,
             "data_stats": train_set.stats, "stats": frame}
     if record is None:

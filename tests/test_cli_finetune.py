@@ -65,7 +65,7 @@ def pointflow(tmp_path_factory) -> dict[str, Path]:
     r = _run("finetune", "pointcloud", "--from", base, "--data", mine, "--out", run,
              "--steps", 4, *TINY_PC)
     assert r.exit_code == 0, r.output
-    assert "refining chair; new: mug" in r.output
+    assert "refining chair; new: mug; replaying 3 generated shapes of table" in r.output
     return {"shapes": shapes, "base": base, "mine": mine, "run": run, "root": root}
 
 
@@ -84,12 +84,19 @@ def test_new_category_is_added_and_the_original_stats_are_kept(pointflow):
     assert 300 < ratio < 3000
 
 
-def test_fine_tuning_starts_from_the_model_and_leaves_absent_categories_alone(pointflow):
+def test_fine_tuning_starts_from_the_model_and_replays_absent_categories(pointflow, tmp_path):
     old = load_model(pointflow["base"] / "model.safetensors").category_embedding.weight
-    new = load_model(pointflow["run"] / "model.safetensors").category_embedding.weight
-    # table is not in the user's data: its embedding row gets no gradient and stays as it was.
+    # By default table, absent from the user's data, is rehearsed with generated shapes.
+    replayed = load_model(pointflow["run"] / "model.safetensors").category_embedding.weight
+    assert not torch.equal(replayed[1], old[1])
+    r = _run("finetune", "pointcloud", "--from", pointflow["base"], "--data", pointflow["mine"],
+             "--out", tmp_path / "run", "--replay", "none", "--steps", 2, *TINY_PC)
+    assert r.exit_code == 0, r.output
+    assert "replaying" not in r.output
+    # Without replay table's embedding row gets no gradient: it stays as --from had it.
+    new = load_model(tmp_path / "run" / "model.safetensors").category_embedding.weight
     torch.testing.assert_close(new[1], old[1], rtol=0, atol=0)
-    assert not torch.equal(new[2], torch.zeros_like(new[2]))
+    assert not torch.equal(new[2], old.mean(0))  # the new category moved from its start
 
 
 @pytest.mark.parametrize("category", ["mug", "chair", "table"])
@@ -153,6 +160,8 @@ def test_point_cloud_bad_inputs_are_one_line_errors(pointflow, tmp_path):
                                           "--out", pointflow["run"]))
     assert "fine-tuning run" in _error_line(_run(*ft, "--from", base, "--data", mine,
                                                  "--out", base, "--resume"))
+    assert "--replay" in _error_line(_run(*ft, "--from", base, "--data", mine, "--out",
+                                          tmp_path / "a", "--replay", tmp_path / "nope"))
     assert not (tmp_path / "a").exists()
 
 
