@@ -130,7 +130,7 @@ def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
     if not names:
         raise FlowsuiteError(f"--replay {replay} holds none of the model's other categories "
                              f"({', '.join(known) or 'there are none'}); give the folder the "
-                             "model was trained on, or leave --replay out")
+                             "model was trained on, or use --replay generated")
     shapes, _ = open_sets(replay, names, points_per_shape, seed, stats=stats, with_val=False)
     labels = np.array([shapes.category_of(i) for i in range(len(shapes))])
     rng = np.random.default_rng(seed)
@@ -253,7 +253,8 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
                f"refining {', '.join(refined) or 'no known category'}; "
                f"new: {', '.join(new) or 'none'}{rehearsal}; {dev}")
     info = {"from": str(source), "categories": all_cats, "new_categories": new, "units": units,
-            "data_stats": train_set.stats, "stats": frame}
+            "data_stats": train_set.stats, "stats": frame, "replay": replay,
+            "replayed_categories": replayed}
     if record is None:
         from flowsuite.core.io import atomic_path
 
