@@ -47,8 +47,7 @@ def train() -> None:
     """Train a model from scratch on a folder of data."""
 
 
-# Hidden until its first command lands (pointflow and musicflow fine-tuning).
-@cli.group(hidden=True)
+@cli.group()
 def finetune() -> None:
     """Fine-tune a trained model on your own data."""
 
@@ -64,7 +63,7 @@ def main() -> None:
 
 # Each part attaches its commands to the groups above.
 from flowsuite.cli import (  # noqa: E402,F401,I001
-    data_cmds, data_music_cmds, models_cmds, pointcloud_cmds, vocoder_cmds,
+    data_cmds, data_music_cmds, finetune_cmds, models_cmds, pointcloud_cmds, vocoder_cmds,
 )
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ from typing import Any
 
 import click
 
-from flowsuite.cli.common import category_list, config_option, resolve_device
+from flowsuite.cli.common import (
+    category_list,
+    config_option,
+    resolve_device,
+    run_warmup,
+)
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -61,47 +66,77 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
                      resume: bool, latent_dim: int | None, preset: str, val_every: int | None,
                      ckpt_every: int | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
-    from flowsuite.core.checkpoint import load_model, read_metadata, save_model
-    from flowsuite.core.trainer import TrainConfig, Trainer
-    from flowsuite.data.shapes import ShapeFileWarning, open_shapes
     from flowsuite.pointflow.model import PointFlowModel
 
-    cats = category_list(categories)
     dev = resolve_device(device)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ShapeFileWarning)
-        train_set = open_shapes(data_dir, "train", cats, "global", points_per_shape, seed=seed)
-        try:
-            val_set = open_shapes(data_dir, "val", train_set.categories, "global",
-                                  points_per_shape, seed=seed, stats=train_set.stats)
-        except FlowsuiteError:
-            val_set = None  # no validation shapes: train without validation
-    for w in caught:
-        click.echo(f"warning: {w.message}", err=True)
-
+    train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape, seed)
     kwargs = dict(PRESETS[preset])
     if latent_dim is not None:
         kwargs["latent_dim"] = latent_dim
     model = PointFlowModel(num_categories=len(train_set.categories), **kwargs)
-    warmup = min(100, steps // 10)
-    if resume and (out / "config.json").is_file():  # warmup is fixed for the life of a run
-        warmup = TrainConfig.load(out / "config.json").warmup
-    config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
-                         warmup=warmup, val_every=val_every or min(500, steps),
-                         ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
-                         seed=seed, device=dev)
     click.echo(f"training on {len(train_set)} shapes of {', '.join(train_set.categories)} "
                f"({len(val_set) if val_set is not None else 0} for validation), {dev}")
-    summary = Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(resume=resume)
-
-    # Make the final file self-contained: categories and normalisation in its metadata.
-    final = out / "model.safetensors"
-    meta = dict(read_metadata(final).user)
-    meta["categories"] = json.dumps(train_set.categories)
-    meta["stats"] = json.dumps(train_set.stats)
-    save_model(load_model(final, expected=MODEL_NAME), final, metadata=meta, force=True)
+    summary = fit(model, train_set, val_set, out, steps=steps, batch_size=batch_size, lr=lr,
+                  device=dev, seed=seed, resume=resume, val_every=val_every,
+                  ckpt_every=ckpt_every)
+    final = finish_model(out, train_set.categories, train_set.stats)
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     click.echo(f"trained to step {summary.step}{loss}; model in {final}")
+
+
+# ---- the training code path shared by `gen train` and `gen finetune pointcloud` ---------------
+
+def open_sets(data_dir: Path, categories: list[str] | None, points_per_shape: int, seed: int,
+              stats: dict | None = None, with_val: bool = True):
+    """The train split and the val split (``None`` when there is none, or without
+    ``with_val``) of a shape folder, both with the global normalisation: ``stats`` when given,
+    else the train split's own. Skipped files are reported as warnings on stderr."""
+    from flowsuite.data.shapes import ShapeFileWarning, open_shapes
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ShapeFileWarning)
+        train_set = open_shapes(data_dir, "train", categories, "global", points_per_shape,
+                                seed=seed, stats=stats)
+        val_set = None  # without validation shapes, training runs without validation
+        if with_val:
+            try:
+                val_set = open_shapes(data_dir, "val", train_set.categories, "global",
+                                      points_per_shape, seed=seed, stats=train_set.stats)
+            except FlowsuiteError:
+                pass
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    return train_set, val_set
+
+
+def fit(model, train_set, val_set, out: Path, *, steps: int, batch_size: int, lr: float,
+        device: str, seed: int, resume: bool, val_every: int | None = None,
+        ckpt_every: int | None = None):
+    """Trains ``model`` (a fresh one, or a loaded one to fine-tune) into the run folder ``out``
+    with the trainer's schedule; returns the trainer's ``FitSummary``."""
+    from flowsuite.core.trainer import TrainConfig, Trainer
+
+    config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
+                         warmup=run_warmup(out, steps, resume),
+                         val_every=val_every or min(500, steps),
+                         ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
+                         seed=seed, device=device)
+    return Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(resume=resume)
+
+
+def finish_model(out: Path, categories: list[str], stats: dict | None,
+                 extra: dict[str, str] | None = None) -> Path:
+    """Makes the run's final model file self-contained: the category names (id order), the
+    normalisation stats and ``extra`` go into its metadata. Returns its path."""
+    from flowsuite.core.checkpoint import load_model, read_metadata, save_model
+
+    final = out / "model.safetensors"
+    meta = dict(read_metadata(final).user)
+    meta["categories"] = json.dumps(categories)
+    meta["stats"] = json.dumps(stats)
+    meta.update(extra or {})
+    save_model(load_model(final, expected=MODEL_NAME), final, metadata=meta, force=True)
+    return final
 
 
 # ---- loading a trained model ------------------------------------------------------------------

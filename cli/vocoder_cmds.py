@@ -10,7 +10,7 @@ import click
 import numpy as np
 import torch
 
-from flowsuite.cli.common import config_option, resolve_device
+from flowsuite.cli.common import config_option, resolve_device, run_warmup
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -86,6 +86,17 @@ def _held_out(root: Path, segment: int):
 def train_vocoder(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                   segment: int, lr: float, device: str, seed: int, resume: bool) -> None:
     """Train a WaveGlow vocoder (mel spectrogram to audio)."""
+    path = fit_vocoder(_make_model(preset), data_dir, out_dir, steps=steps,
+                       batch_size=batch_size, segment=segment, lr=lr, device=device, seed=seed,
+                       resume=resume)
+    click.echo(f"trained {steps} steps; model: {path}")
+
+
+def fit_vocoder(model, data_dir: Path, out_dir: Path, *, steps: int, batch_size: int,
+                segment: int, lr: float, device: str, seed: int, resume: bool) -> Path:
+    """Trains ``model`` (a fresh WaveGlow, or a loaded one to fine-tune) on the audio in
+    ``data_dir`` into the run folder ``out_dir``; returns the final model's path. The code path
+    of both `gen train vocoder` and `gen finetune music --part vocoder`."""
     from flowsuite.core.trainer import TrainConfig, Trainer
     from flowsuite.musicflow.mel import HOP
 
@@ -96,13 +107,13 @@ def train_vocoder(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_
     train_set, val_set = _splits(data_dir, segment)
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-                         warmup=min(100, max(0, steps // 10)), val_every=every,
+                         warmup=run_warmup(out_dir, steps, resume), val_every=every,
                          ckpt_every=every)
     # Items are {"audio", "style", "file"}; WaveGlow.forward takes the collated dict's "audio"
     # and computes the mel itself.
-    trainer = Trainer(_make_model(preset), train_set, config, out_dir=out_dir, val_set=val_set)
+    trainer = Trainer(model, train_set, config, out_dir=out_dir, val_set=val_set)
     trainer.fit(resume=resume)
-    click.echo(f"trained {steps} steps; model: {trainer.final_path}")
+    return trainer.final_path
 
 
 # ----------------------------------------------------------------------------------- vocode

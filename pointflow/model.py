@@ -138,6 +138,29 @@ class PointFlowModel(nn.Module):
     def device(self) -> torch.device:
         return self.category_embedding.weight.device
 
+    @torch.no_grad()
+    def add_categories(self, count: int) -> list[int]:
+        """Grows the category embedding by ``count`` rows (for fine-tuning on new categories)
+        and returns the new ids ``[num_categories, ..., num_categories + count - 1]``.
+
+        Each new row is the mean of the existing embeddings, so a new category's prior starts
+        as the prior of an average category rather than from noise; the existing rows, and so
+        the existing categories' samples, are unchanged. ``config["num_categories"]`` follows,
+        so a saved model rebuilds with the new size.
+        """
+        count = self._positive(count, "count")
+        old = self.category_embedding.weight
+        rows = old.mean(0, keepdim=True).expand(count, -1)
+        grown = nn.Embedding(self.num_categories + count, old.shape[1], device=old.device,
+                             dtype=old.dtype)
+        grown.weight.copy_(torch.cat([old, rows]))
+        grown.weight.requires_grad_(old.requires_grad)
+        self.category_embedding = grown
+        first = self.num_categories
+        self.num_categories += count
+        self.config["num_categories"] = self.num_categories
+        return list(range(first, self.num_categories))
+
     # ---- checks of user inputs ---------------------------------------------------------------
 
     def _points(self, points: Tensor | Any, name: str = "points") -> Tensor:

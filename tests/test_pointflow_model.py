@@ -177,3 +177,27 @@ def test_bad_configurations_raise_flowsuite_error():
         PointFlowModel(0)
     with pytest.raises(FlowsuiteError):
         PointFlowModel(2, point_kind="cnf")
+
+
+def test_add_categories_grows_the_embedding_and_keeps_the_old_categories(tmp_path):
+    from flowsuite.core.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model = PointFlowModel(2, **TINY)
+    _randomize(model.prior)
+    before = model.sample([0, 1], 2, points=16, seed=3)
+    old = model.category_embedding.weight.detach().clone()
+    assert model.add_categories(2) == [2, 3]
+    assert model.num_categories == model.config["num_categories"] == 4
+    w = model.category_embedding.weight
+    assert w.requires_grad
+    torch.testing.assert_close(w[:2], old)
+    torch.testing.assert_close(w[2], old.mean(0))
+    torch.testing.assert_close(w[3], old.mean(0))
+    torch.testing.assert_close(model.sample([0, 1], 2, points=16, seed=3), before)
+    assert model.sample(3, 1, points=16, seed=0).shape == (1, 16, 3)
+    loaded = load_model(save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.num_categories == 4
+    torch.testing.assert_close(loaded.category_embedding.weight, w.detach())
+    with pytest.raises(FlowsuiteError):
+        model.add_categories(0)
