@@ -43,7 +43,7 @@ def test_chamfer_of_identical_clouds_is_zero_and_matches_brute_force():
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["kdtree", "torch"])
+@pytest.mark.parametrize("backend", ["brute", "kdtree", "torch"])
 def test_chamfer_matrix_backends_agree_with_brute_force(backend):
     a, b = clouds(3, 64, 2), clouds(2, 64, 3)
     m = chamfer_matrix(a, b, backend=backend)
@@ -52,6 +52,22 @@ def test_chamfer_matrix_backends_agree_with_brute_force(backend):
         assert abs(float(m[i, j]) - brute_chamfer(a[i], b[j])) < 1e-5
     self_m = chamfer_matrix(a, backend=backend)
     assert torch.allclose(self_m, self_m.T) and float(self_m.diagonal().abs().max()) < 1e-6
+
+
+def test_compiled_brute_force_chamfer_equals_the_kdtree_one():
+    # Ragged sizes, some not a multiple of the kernel's 4-point sweep.
+    g = np.random.default_rng(0)
+    ragged = [g.standard_normal((n, 3)) * g.uniform(0.2, 2, 3) + g.normal(0, 0.3, 3)
+              for n in (1, 5, 130, 257, 300)]
+    for b in (None, [g.standard_normal((n, 3)) for n in (3, 64, 201)]):
+        got = chamfer_matrix(ragged, b, backend="brute")
+        want = chamfer_matrix(ragged, b, backend="kdtree")
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    self_m = chamfer_matrix(ragged, backend="brute", workers=1)
+    assert torch.equal(self_m, self_m.T) and float(self_m.diagonal().abs().max()) == 0.0
+    with pytest.raises(FlowsuiteError, match="backend"):
+        chamfer_matrix(ragged, backend="bogus")
 
 
 def test_exact_emd_equals_brute_force_over_all_permutations():
