@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -65,9 +66,14 @@ EMD_DEFINITION = "mean Euclidean distance under the optimal bijection (1-Wassers
 EMD_CLUSTERS = 64
 EMD_ROTATIONS = 4
 # Relative error (mean signed, max absolute) of the cluster approximation against exact matching
-# for (clusters, rotations), on pairs of 2048-point procedural shapes: the figures and the
-# command that measured them are in BENCHMARKS.md ("EMD approximation error").
-MEASURED_EMD_ERROR: dict[tuple[int, int], tuple[float, float]] = {}
+# for (clusters, rotations), measured on 24 pairs of 2048-point procedural shapes by
+# bench/pointflow_metrics.py (bench/results/pointflow_metrics_emd_error.json; BENCHMARKS.md,
+# "EMD approximation error").
+MEASURED_EMD_ERROR: dict[tuple[int, int], tuple[float, float]] = {
+    (32, 1): (0.077, 0.210), (32, 4): (0.053, 0.170), (32, 8): (0.046, 0.141),
+    (64, 1): (0.063, 0.335), (64, 4): (0.042, 0.108), (64, 8): (0.039, 0.081),
+    (128, 1): (0.040, 0.193), (128, 4): (0.030, 0.108), (128, 8): (0.029, 0.108),
+}
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -159,6 +165,10 @@ def _directed_nn_matrix(queries: list[np.ndarray], targets: list[np.ndarray],
 
 
 _FAST = {"nsz", "arcp", "contract", "reassoc", "nnan", "ninf"}  # finite inputs are checked
+if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    # numba's own thread pool first: it needs no TBB (an old one only gives a warning) and does
+    # not share an OpenMP runtime with torch.
+    numba.config.THREADING_LAYER_PRIORITY = ["workqueue", "omp", "tbb"]
 
 
 @numba.njit(fastmath=_FAST, boundscheck=False, cache=True)
@@ -566,7 +576,9 @@ def evaluate(generated: Clouds, reference: Clouds, normalization: str = "none",
     Returns a JSON-serialisable dict: ``"MMD-CD"``, ``"COV-CD"``, ``"1-NNA-CD"`` (and the EMD
     ones), plus ``"normalization"``, ``"emd_method"``, the distance definitions, the set sizes,
     the mean EMD error bound (cluster approximation) and the seconds taken. COV and 1-NNA are
-    fractions in ``[0, 1]``.
+    fractions in ``[0, 1]``. ``emd_clusters`` and ``emd_rotations`` set the cluster
+    approximation (``emd_matrix``); the distances use every numba thread (``numba.
+    set_num_threads`` limits them).
     """
     start = time.perf_counter()
     gen = normalize_clouds(as_cloud_list(generated, "generated"), normalization)
