@@ -521,7 +521,8 @@ def emd_matrix(a: Clouds, b: Clouds | None = None, method: str = "auto",
         sb, spread_b = (sa, spread_a) if b is None else _cluster_summaries(lb, clusters,
                                                                            rotations)
         bound = (spread_a[:, None, :] + spread_b[None, :, :]).max(-1)
-        info = {"emd_method": cluster_method_description(clusters, rotations),
+        used = sa[0].shape[1]  # fewer than asked for clouds of fewer points
+        info = {"emd_method": cluster_method_description(used, rotations),
                 "error_bound": torch.from_numpy(bound)}
     else:
         raise FlowsuiteError(f"unknown EMD method {method!r}; use auto, exact or clusters")

@@ -127,6 +127,10 @@ def test_more_cut_frames_never_raise_the_estimate_and_keep_the_bound():
     assert float(same.diagonal().abs().max()) < 1e-9
     with pytest.raises(FlowsuiteError, match="power of two"):
         emd_matrix(a, b, method="clusters", clusters=48)
+    _, info = emd_matrix(a, b, method="clusters")  # the defaults state their measured error
+    assert "64 balanced" in info["emd_method"] and "measured error" in info["emd_method"]
+    _, info = emd_matrix(clouds(2, 16, 24), method="clusters")  # 16 points: 16 groups
+    assert info["emd_method"].startswith("clusters (16 ") and "not measured" in info["emd_method"]
 
 
 def test_balanced_clusters_are_equal_groups_with_a_valid_bound():
