@@ -152,6 +152,12 @@ def test_eval_prints_the_table_and_writes_json(trained, tmp_path):
     assert list(res) == ["chair"]
     assert res["chair"]["n_generated"] == res["chair"]["n_reference"] == 1
     assert 0 <= res["chair"]["COV-CD"] <= 1
+    r = _run("eval", "pointcloud", "--model", run / "model.safetensors", "--data", data,
+             "--category", "chair", "--points", 512, "--emd-method", "clusters", "--device",
+             "cpu")
+    assert r.exit_code == 0, r.output
+    method = next(line for line in r.output.splitlines() if line.startswith("EMD method"))
+    assert "clusters" in method and "measured error vs exact EMD" in method
 
 
 def _n_points(path: Path) -> int:

@@ -14,6 +14,7 @@ from flowsuite.pointflow.metrics import (
     balanced_clusters,
     chamfer_distance,
     chamfer_matrix,
+    cut_rotations,
     emd_exact,
     emd_matrix,
     evaluate,
@@ -43,7 +44,7 @@ def test_chamfer_of_identical_clouds_is_zero_and_matches_brute_force():
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["kdtree", "torch"])
+@pytest.mark.parametrize("backend", ["brute", "kdtree", "torch"])
 def test_chamfer_matrix_backends_agree_with_brute_force(backend):
     a, b = clouds(3, 64, 2), clouds(2, 64, 3)
     m = chamfer_matrix(a, b, backend=backend)
@@ -52,6 +53,22 @@ def test_chamfer_matrix_backends_agree_with_brute_force(backend):
         assert abs(float(m[i, j]) - brute_chamfer(a[i], b[j])) < 1e-5
     self_m = chamfer_matrix(a, backend=backend)
     assert torch.allclose(self_m, self_m.T) and float(self_m.diagonal().abs().max()) < 1e-6
+
+
+def test_compiled_brute_force_chamfer_equals_the_kdtree_one():
+    # Ragged sizes, some not a multiple of the kernel's 4-point sweep.
+    g = np.random.default_rng(0)
+    ragged = [g.standard_normal((n, 3)) * g.uniform(0.2, 2, 3) + g.normal(0, 0.3, 3)
+              for n in (1, 5, 130, 257, 300)]
+    for b in (None, [g.standard_normal((n, 3)) for n in (3, 64, 201)]):
+        got = chamfer_matrix(ragged, b, backend="brute")
+        want = chamfer_matrix(ragged, b, backend="kdtree")
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    self_m = chamfer_matrix(ragged, backend="brute", workers=1)
+    assert torch.equal(self_m, self_m.T) and float(self_m.diagonal().abs().max()) == 0.0
+    with pytest.raises(FlowsuiteError, match="backend"):
+        chamfer_matrix(ragged, backend="bogus")
 
 
 def test_exact_emd_equals_brute_force_over_all_permutations():
@@ -63,6 +80,57 @@ def test_exact_emd_equals_brute_force_over_all_permutations():
                    for p in itertools.permutations(range(6)))
         assert abs(emd_exact(x, y) - best) < 1e-9
     assert emd_exact(x, x[torch.randperm(6)]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_compiled_assignment_solver_is_exact_against_scipy():
+    from scipy.optimize import linear_sum_assignment
+
+    from flowsuite.pointflow.metrics import _min_mean_assignment
+    g = np.random.default_rng(1)
+    for n in (1, 2, 3, 7, 40):
+        for k in range(6):
+            c = g.random((n, n)) if k % 2 else np.round(g.random((n, n)) * 3)  # ties too
+            rows, cols = linear_sum_assignment(c)
+            got = _min_mean_assignment(c, np.empty((3, n + 1)), np.empty((3, n + 1), np.int64))
+            assert got == pytest.approx(c[rows, cols].mean(), abs=1e-12)
+
+
+def test_exact_emd_matrix_matches_scipy_on_every_pair():
+    a, b = clouds(4, 24, 20), clouds(3, 24, 21)
+    got, info = emd_matrix(a, b, method="exact", workers=1)
+    want = [[emd_exact(x, y) for y in b] for x in a]
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), atol=1e-12)
+    self_m, _ = emd_matrix(a, method="exact")
+    assert torch.equal(self_m, self_m.T) and float(self_m.diagonal().abs().max()) == 0.0
+    assert self_m[0, 1] == pytest.approx(emd_exact(a[0], a[1]), abs=1e-12)
+    assert "exact" in info["emd_method"]
+
+
+def test_cut_rotations_are_fixed_proper_rotations():
+    rot = cut_rotations(5)
+    assert rot.shape == (5, 3, 3) and np.array_equal(rot[0], np.eye(3))
+    assert np.allclose(rot @ rot.transpose(0, 2, 1), np.eye(3), atol=1e-12)
+    assert np.allclose(np.linalg.det(rot), 1.0)
+    assert np.array_equal(rot, cut_rotations(5)) and np.array_equal(cut_rotations(2), rot[:2])
+
+
+def test_more_cut_frames_never_raise_the_estimate_and_keep_the_bound():
+    a, b = clouds(3, 256, 22), clouds(3, 256, 23)
+    exact, _ = emd_matrix(a, b, method="exact")
+    one, _ = emd_matrix(a, b, method="clusters", clusters=32, rotations=1)
+    four, info = emd_matrix(a, b, method="clusters", clusters=32, rotations=4)
+    assert bool((four <= one + 1e-12).all()) and bool((four < one).any())
+    assert bool(((four - exact).abs() <= info["error_bound"] + 1e-9).all())
+    assert "4 rotations" in info["emd_method"]
+    same, _ = emd_matrix(a, a[:, torch.randperm(256)], method="clusters", clusters=32,
+                         rotations=4)
+    assert float(same.diagonal().abs().max()) < 1e-9
+    with pytest.raises(FlowsuiteError, match="power of two"):
+        emd_matrix(a, b, method="clusters", clusters=48)
+    _, info = emd_matrix(a, b, method="clusters")  # the defaults state their measured error
+    assert "64 balanced" in info["emd_method"] and "measured error" in info["emd_method"]
+    _, info = emd_matrix(clouds(2, 16, 24), method="clusters")  # 16 points: 16 groups
+    assert info["emd_method"].startswith("clusters (16 ") and "not measured" in info["emd_method"]
 
 
 def test_balanced_clusters_are_equal_groups_with_a_valid_bound():
