@@ -7,15 +7,19 @@ random crops of the first ``--train-files`` files of the music set's train split
 frames, AdamW 1e-3 with 50 warm-up steps, gradient clipping at 1), then measured:
 
 * ``val_nll``: negative log-likelihood per mel value (nats) on fixed crops of the val split;
-* ``mel_fd``: Frechet distance between log-mel frames sampled at temperature 0.5 (``--samples``
-  clips of 6 s, random styles) and frames of the test split (the spectrogram alone, no
-  vocoder, so the figure measures the prior only); ``test_fd`` is the same distance between two
-  halves of the test split (the ideal);
+* ``mel_fd``: Frechet distance between log-mel frames sampled at temperature 0.5 (or each of
+  ``--temperatures``), ``--samples`` clips of 6 s with random styles, and frames of the test
+  split (the spectrogram alone, no vocoder, so the figure measures the prior only);
+  ``test_vs_test_mel_fd`` is the same distance between two halves of the test split (the
+  ideal);
 * ``s_per_step``: seconds per training step; ``sample_s_per_10s``: seconds to sample 10 s of
   mel (both on one thread of a shared machine: compare within a run).
 
     OMP_NUM_THREADS=1 python bench/music_prior.py --data /work/data/music \\
-        --designs frame1 block2 block4 --steps 250 --out bench/results/music_prior_steps.json
+        --designs frame1 block2 block4 --steps 200 --out bench/results/music_prior_steps.json
+
+With ``--time-music PRIOR VOCODER`` it instead times ``gen music --seconds 10`` end to end (a
+fresh process each time, so imports and model loading count) with 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +111,31 @@ def test_frames(test: MelCorpus, frames: int, count: int, offset: int = 0) -> np
     return np.concatenate(out)
 
 
+def time_music(prior: Path, vocoder: Path, repeats: int, out: Path | None) -> None:
+    gen = Path(sys.executable).with_name("gen")
+    rows = []
+    for threads in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        times = []
+        for i in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                t = time.perf_counter()
+                subprocess.run([str(gen), "music", "--seconds", "10", "--model", str(prior),
+                                "--vocoder", str(vocoder), "--device", "cpu", "--seed", str(i),
+                                "--out", f"{tmp}/m.wav"], check=True, env=env,
+                               capture_output=True)
+                times.append(time.perf_counter() - t)
+        rows.append({"threads": threads, "seconds": times, "best": min(times),
+                     "median": sorted(times)[len(times) // 2]})
+        print(f"gen music --seconds 10, {threads} thread(s): best {min(times):.2f} s, median "
+              f"{rows[-1]['median']:.2f} s over {repeats}", flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"machine": machine(), "prior": str(prior),
+                                   "vocoder": str(vocoder), "runs": rows}, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/data/music"))
@@ -112,9 +144,17 @@ def main() -> None:
     ap.add_argument("--train-files", type=int, default=40,
                     help="train-split files used (their mels are kept in memory)")
     ap.add_argument("--samples", type=int, default=6)
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5],
+                    help="sampling temperatures for mel_fd (the first 0.5 is the headline)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--time-music", nargs=2, type=Path, metavar=("PRIOR", "VOCODER"),
+                    default=None)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.time_music is not None:
+        time_music(*args.time_music, args.repeats, args.out)
+        return
     torch.set_num_threads(1)
 
     t0 = time.perf_counter()
@@ -142,15 +182,23 @@ def main() -> None:
         t = time.perf_counter()
         model.sample(862, seed=0)
         sample_s = time.perf_counter() - t
-        mels = [model.sample(frames6, seed=1 + i)[0].T.numpy() for i in range(args.samples)]
-        fd = frechet_distance(np.concatenate(mels), ref)
+        fds = {}
+        for temp in args.temperatures:
+            mels = [model.sample(frames6, seed=1 + i, temperature=temp)[0].T.numpy()
+                    for i in range(args.samples)]
+            fds[temp] = frechet_distance(np.concatenate(mels), ref)
+        fd = fds.get(0.5, next(iter(fds.values())))
         row = {"design": name, "config": DESIGNS[name],
                "parameters": sum(p.numel() for p in model.parameters()), "steps": args.steps,
                "s_per_step": s_per_step, "val_nll": nll, "mel_fd": fd,
+               "mel_fd_by_temperature": {str(k): v for k, v in fds.items()},
                "sample_s_per_10s": sample_s}
         results.append(row)
         print(f"{name:<16} {row['parameters']:>9,} params  {s_per_step:5.2f} s/step  val_nll "
               f"{nll:7.4f}  mel_fd {fd:8.2f}  sample 10 s in {sample_s:5.2f} s", flush=True)
+        if len(fds) > 1:
+            print("    mel_fd by temperature: " + ", ".join(f"{k:g}: {v:.1f}"
+                                                          for k, v in fds.items()), flush=True)
     report = {"machine": machine(), "train_files": len(corpus.mels),
               "train_frames": corpus.frames, "mel_cache_seconds": mel_seconds,
               "test_vs_test_mel_fd": ideal, "results": results}

@@ -15,8 +15,8 @@ from flowsuite.cli.main import cli
 from flowsuite.core.checkpoint import load_model, save_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
-from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
 from flowsuite.musicflow.mel import MelSpectrogram
+from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
@@ -157,9 +157,9 @@ def test_a_primed_continuation_is_the_conditional_of_the_whole():
 def test_long_generation_carries_a_fixed_size_state():
     model = _tiny().eval()
     g = torch.Generator().manual_seed(0)
-    state = model.initial_state(1, generator=g)
+    start = model.initial_state(1, generator=g)
     sizes, widths = set(), set()
-    for mel, _, state in model.stream(600, state, 0.5, g, chunk_steps=16):
+    for mel, _, state in model.stream(600, start, 0.5, g, chunk_steps=16):
         sizes.add(tuple(state.hidden.shape))
         widths.add(mel.shape[-1])
     assert sizes == {(1, 1, 12)} and max(widths) == 32  # 16 steps of 2 frames at most
