@@ -49,7 +49,7 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="Run folder; gets model.safetensors, checkpoints and metrics.")
 @click.option("--preset", type=click.Choice(["small", "tiny"]), default="small",
               show_default=True, help="Model size (tiny: smoke tests only).")
-@click.option("--steps", type=int, default=6000, show_default=True)
+@click.option("--steps", type=int, default=9000, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--segment-frames", type=int, default=128, show_default=True,
               help="Mel frames per training crop (a multiple of the model's step).")

@@ -193,7 +193,8 @@ class MelPrior(Configurable, nn.Module):
                                      f"style (got {style!r})")
             return torch.full((batch,), -1, dtype=torch.long)
         if style is None:
-            return torch.randint(len(self.styles), (batch,), generator=generator)
+            dev = generator.device if generator is not None else None
+            return torch.randint(len(self.styles), (batch,), generator=generator, device=dev)
         if isinstance(style, str):
             if style not in self.styles:
                 raise FlowsuiteError(f"unknown style {style!r}; this model knows "

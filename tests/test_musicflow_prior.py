@@ -293,3 +293,18 @@ def test_gen_eval_music_reports_three_systems(models, music_set, tmp_path):
                    "--json", js), "--force")
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
                    "--count", 1), "--count")
+
+
+def test_music_generator_api(models):
+    from flowsuite.musicflow import MusicGenerator
+
+    run, voc = models
+    gen = MusicGenerator.from_pretrained(run / "model.safetensors", voc)
+    audio, rate = gen.generate(1.25, seed=3, temperature=0.5, sigma=0.6, style="chorale")
+    assert rate == SR and audio.dtype == np.float32 and audio.shape == (round(1.25 * SR),)
+    again, _ = gen.generate(1.25, seed=3, temperature=0.5, sigma=0.6, style="chorale")
+    assert np.array_equal(audio, again)
+    primed, _ = gen.generate(1.0, seed=3, prime_audio=_chords(0.5, [262.0], 1))
+    assert primed.shape == (SR,)
+    with pytest.raises(FlowsuiteError, match="do not match"):
+        MusicGenerator(MelPrior.from_preset("tiny", hop=128), gen.vocoder)
