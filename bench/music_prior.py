@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import musicflow_speed as speed_bench  # bench/ is on the path when this file runs
 import numpy as np
 import torch
 
@@ -55,14 +55,8 @@ DESIGNS: dict[str, dict] = {
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "load_1min": os.getloadavg()[0]}
+    return {**speed_bench.machine(), "threads": torch.get_num_threads(),
+            "load_1min": os.getloadavg()[0]}
 
 
 def batches(crops: MelCrops, batch: int, seed: int):

@@ -216,6 +216,7 @@ def test_train_prior_on_a_plain_folder_has_no_styles(tmp_path):
     assert load_model(tmp_path / "run" / "model.safetensors").styles == []
 
 
+@pytest.mark.filterwarnings("ignore::flowsuite.data.audio.AudioSkipWarning")
 def test_train_prior_bad_input(tmp_path, music_set):
     base = ("train", "prior", "--out", tmp_path / "r", "--preset", "tiny", "--steps", 1,
             "--device", "cpu")
