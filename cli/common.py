@@ -106,12 +106,12 @@ def config_option(command: F) -> F:
              "command line win.")(command)
 
 
-def run_warmup(out: Path, steps: int, resume: bool) -> int:
-    """Warm-up steps of a run of ``steps`` steps in ``out``: a tenth of the steps (at most 100)
-    for a new run; a resumed run keeps its own, since the warm-up is fixed for the life of a run
-    (resuming with more steps must not change it)."""
+def run_warmup(out: Path, steps: int, resume: bool, cap: int = 100) -> int:
+    """Warm-up steps of a run of ``steps`` steps in ``out``: a tenth of the steps (at most
+    ``cap``) for a new run; a resumed run keeps its own, since the warm-up is fixed for the life
+    of a run (resuming with more steps must not change it)."""
     from flowsuite.core.trainer import TrainConfig
 
     if resume and (out / "config.json").is_file():
         return TrainConfig.load(out / "config.json").warmup
-    return min(100, steps // 10)
+    return min(cap, steps // 10)

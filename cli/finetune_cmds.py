@@ -17,7 +17,7 @@ import click
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from flowsuite.cli.common import category_list, model_file, resolve_device
+from flowsuite.cli.common import category_list, model_file, resolve_device, run_warmup
 from flowsuite.cli.main import finetune
 from flowsuite.core.errors import FlowsuiteError
 
@@ -269,50 +269,103 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
 
 # ---- gen finetune music -----------------------------------------------------------------------
 
-def _finetune_vocoder(from_path: Path | None, data_dir: Path, out: Path, device: str,
-                      **train: Any) -> Path:
+def _finetune_vocoder(from_path: Path | None, data_dir: Path, out: Path, device: str, *,
+                      steps: int, batch_size: int, segment: int, lr: float | None, seed: int,
+                      resume: bool, **_: Any) -> Path:
     """Refines a WaveGlow (``--from``, or the shipped one) on the audio in ``data_dir``."""
     from flowsuite.cli.vocoder_cmds import _load, fit_vocoder
 
     model = _load(_source(from_path, "waveglow"), resolve_device(device))
-    return fit_vocoder(model, data_dir, out, device=device, **train)
+    return fit_vocoder(model, data_dir, out, device=device, steps=steps, batch_size=batch_size,
+                       segment=segment, lr=5e-5 if lr is None else lr, seed=seed, resume=resume)
+
+
+def _finetune_prior(from_path: Path | None, data_dir: Path, out: Path, device: str, *,
+                    steps: int, batch_size: int, segment_frames: int, lr: float | None,
+                    seed: int, resume: bool, **_: Any) -> Path:
+    """Refines a mel prior (``--from``, or the shipped one) on the audio in ``data_dir``: it keeps
+    its own band statistics and styles; unlabelled audio trains its "no style" context."""
+    from flowsuite.core.checkpoint import load_model
+    from flowsuite.core.trainer import TrainConfig
+    from flowsuite.data.music import MANIFEST
+    from flowsuite.musicflow.prior_train import MelCorpus, train_prior
+
+    dev = resolve_device(device)
+    model = load_model(_source(from_path, "mel-prior"), expected="mel-prior", map_location=dev)
+    is_set = (data_dir / MANIFEST).is_file()
+    corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
+                                   min_frames=segment_frames, progress=True)
+    every = min(500, steps)
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-4 if lr is None else lr,
+                         seed=seed, device=dev, warmup=run_warmup(out, steps, resume, cap=200),
+                         val_every=every, ckpt_every=every)
+    return train_prior(model, corpus, out, config, segment_frames=segment_frames,
+                       resume=resume).model_path
+
+
+def _finetune_both(from_path: Path | None, data_dir: Path, out: Path, device: str,
+                   **train: Any) -> Path:
+    """Refines the prior into ``out/prior`` and the vocoder into ``out/vocoder``; ``--from`` is a
+    folder holding ``prior`` and ``vocoder`` (run folders or model files), e.g. an earlier
+    ``--part both`` run, or absent for the shipped models."""
+    sources: dict[str, Path | None] = {"prior": None, "vocoder": None}
+    if from_path is not None:
+        if not from_path.is_dir():
+            raise FlowsuiteError(f"--from {from_path}: with --part both give a folder holding "
+                                 "prior/ and vocoder/ (e.g. an earlier --part both run)")
+        for name in sources:
+            for candidate in (from_path / name, from_path / f"{name}.safetensors"):
+                if candidate.exists():
+                    sources[name] = candidate
+                    break
+            else:
+                raise FlowsuiteError(f"--from {from_path} holds no {name}/ run or "
+                                     f"{name}.safetensors; --part both needs both")
+    _finetune_prior(sources["prior"], data_dir, out / "prior", device, **train)
+    _finetune_vocoder(sources["vocoder"], data_dir, out / "vocoder", device, **train)
+    return out
 
 
 # The parts of the music model that `gen finetune music --part` refines, by name. Each takes
 # --from (None: the shipped model, found with `_source`), the data folder, the run folder,
-# --device and the training settings as keywords (steps, batch_size, segment, lr, seed, resume),
-# and returns the fine-tuned model's path. --part offers exactly these names.
-MUSIC_PARTS: dict[str, Callable[..., Path]] = {"vocoder": _finetune_vocoder}
+# --device and the training settings as keywords (steps, batch_size, segment, segment_frames,
+# lr (None: the part's default), seed, resume), and returns the fine-tuned model's path.
+# --part offers exactly these names.
+MUSIC_PARTS: dict[str, Callable[..., Path]] = {
+    "vocoder": _finetune_vocoder, "prior": _finetune_prior, "both": _finetune_both}
 
 
 @finetune.command("music")
 @click.option("--part", required=True, type=click.Choice(list(MUSIC_PARTS)),
-              help="Which model to refine: vocoder (WaveGlow, mel to audio).")
+              help="Which model to refine: vocoder (WaveGlow, mel to audio), prior (the mel "
+                   "prior of gen music), or both (into OUT/prior and OUT/vocoder).")
 @click.option("--from", "from_path", default=None, type=click.Path(path_type=Path),
-              help="The model to start from: a run folder or a model.safetensors (default: the "
-                   "shipped model of --part).")
+              help="The model to start from: a run folder or a model.safetensors (with --part "
+                   "both: a folder holding prior/ and vocoder/); default: the shipped model(s).")
 @click.option("--data", "data_dir", required=True,
               type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Folder of your audio (.wav .flac .ogg .mp3, any rate and channel count).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder; the fine-tuned model ends up in OUT/model.safetensors.")
+              help="Run folder; the fine-tuned model ends up in OUT/model.safetensors "
+                   "(--part both: OUT/prior/ and OUT/vocoder/).")
 @click.option("--steps", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--segment", default=16384, show_default=True, type=click.IntRange(1),
-              help="Samples per training segment (a multiple of the 256-sample hop).")
-@click.option("--lr", default=5e-5, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="Peak learning rate; half of training's, so the model is refined rather "
-                   "than retrained.")
+              help="Vocoder: samples per training segment (a multiple of the 256-sample hop).")
+@click.option("--segment-frames", default=128, show_default=True, type=click.IntRange(2),
+              help="Prior: mel frames per training crop (a multiple of the prior's step).")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate [default: 5e-5 for the vocoder, 2e-4 for the prior: "
+                   "a fraction of training's, so the model is refined rather than retrained].")
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 def finetune_music(part: str, from_path: Path | None, data_dir: Path, out_dir: Path, steps: int,
-                   batch_size: int, segment: int, lr: float, device: str, seed: int,
-                   resume: bool) -> None:
+                   batch_size: int, segment: int, segment_frames: int, lr: float | None,
+                   device: str, seed: int, resume: bool) -> None:
     """Fine-tune a part of the music model on your own audio."""
     path = MUSIC_PARTS[part](from_path, data_dir, out_dir, device, steps=steps,
-                             batch_size=batch_size, segment=segment, lr=lr, seed=seed,
-                             resume=resume)
+                             batch_size=batch_size, segment=segment,
+                             segment_frames=segment_frames, lr=lr, seed=seed, resume=resume)
     click.echo(f"fine-tuned the {part} for {steps} steps; model: {path}")

@@ -63,7 +63,8 @@ def main() -> None:
 
 # Each part attaches its commands to the groups above.
 from flowsuite.cli import (  # noqa: E402,F401,I001
-    data_cmds, data_music_cmds, finetune_cmds, models_cmds, pointcloud_cmds, vocoder_cmds,
+    data_cmds, data_music_cmds, finetune_cmds, models_cmds, music_cmds, pointcloud_cmds,
+    vocoder_cmds,
 )
 
 if __name__ == "__main__":

@@ -1,0 +1,247 @@
+"""``gen train prior``, ``gen music`` and ``gen eval music``: the mel prior and music from
+nothing (the prior samples a mel spectrogram, WaveGlow vocodes it)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from flowsuite.cli.common import config_option, model_file, resolve_device, run_warmup
+from flowsuite.cli.main import cli, eval_, train
+from flowsuite.core.errors import FlowsuiteError
+
+_DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def _check_number(name: str, value: float, low: float = 0.0) -> None:
+    if not (math.isfinite(value) and value >= low):
+        raise FlowsuiteError(f"{name} must be a number of at least {low:g}, not {value}")
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def _resume_config(out_dir: Path) -> dict | None:
+    """The model config of the run's last checkpoint, so a resumed run keeps its statistics."""
+    from flowsuite.core.checkpoint import read_metadata
+
+    for name in ("last", "last.prev"):
+        ckpt = out_dir / name / "model.safetensors"
+        if ckpt.is_file():
+            info = read_metadata(ckpt)
+            if info.model != "mel-prior":
+                raise FlowsuiteError(f"{out_dir} holds a run of another model ({info.model}); "
+                                     "choose another output folder")
+            return info.config
+    return None
+
+
+@train.command("prior")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="A music set made by `gen data music` (styles from its manifest) or a folder "
+                   "of audio (no styles).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder; gets model.safetensors, checkpoints and metrics.")
+@click.option("--preset", type=click.Choice(["small", "tiny"]), default="small",
+              show_default=True, help="Model size (tiny: smoke tests only).")
+@click.option("--steps", type=int, default=9000, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--segment-frames", type=int, default=128, show_default=True,
+              help="Mel frames per training crop (a multiple of the model's step).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--device", type=_DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@config_option
+def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
+                    segment_frames: int, lr: float, device: str, seed: int,
+                    resume: bool) -> None:
+    """Train a mel prior (the flow that generates mel spectrograms of music)."""
+    from flowsuite.core.trainer import TrainConfig
+    from flowsuite.data.music import MANIFEST
+    from flowsuite.musicflow.prior import MelPrior
+    from flowsuite.musicflow.prior_train import MelCorpus, train_prior
+
+    if not data_dir.is_dir():
+        raise FlowsuiteError(f"audio folder {data_dir} does not exist or is not a folder")
+    if segment_frames < 2:
+        raise FlowsuiteError(f"--segment-frames must be at least 2, not {segment_frames}")
+    dev = resolve_device(device)
+    saved = _resume_config(out_dir) if resume else None
+    is_set = (data_dir / MANIFEST).is_file()
+    corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
+                                   min_frames=segment_frames, progress=True)
+    val = None
+    if is_set:
+        try:
+            val = MelCorpus.from_folder(data_dir, split="val", min_frames=segment_frames)
+        except FlowsuiteError:
+            val = None
+    torch.manual_seed(seed)
+    if saved is not None:
+        model = MelPrior(**saved)
+    else:
+        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats())
+    every = min(500, steps) if steps > 0 else 1
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+                         warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,
+                         ckpt_every=every)
+    summary = train_prior(model, corpus, out_dir, config, val=val,
+                          segment_frames=segment_frames, resume=resume)
+    styles = f" (styles: {', '.join(model.styles)})" if model.styles else ""
+    click.echo(f"trained {summary.step} steps on {corpus.frames} frames{styles}; model: "
+               f"{summary.model_path}")
+
+
+# ------------------------------------------------------------------------------------ music
+
+
+@cli.command("music")
+@click.option("--seconds", type=float, default=10.0, show_default=True,
+              help="Length of the music, 1 s to 10 min.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--temperature", type=float, default=0.5, show_default=True,
+              help="Prior temperature (0 = its most likely mel; 1 = untempered).")
+@click.option("--sigma", type=float, default=0.6, show_default=True,
+              help="Vocoder latent noise scale.")
+@click.option("--style", default=None, help="A style the prior knows (e.g. chorale, folk, "
+              "quartet); default: one at random.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
+              show_default=True, help="Output .wav (22050 Hz mono).")
+@click.option("--preview", type=click.Path(path_type=Path), default=None,
+              help="Also write the mel spectrogram as a PNG.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="A mel prior (run folder or model.safetensors); default: the shipped one.")
+@click.option("--vocoder", "vocoder_path", type=click.Path(path_type=Path), default=None,
+              help="A WaveGlow vocoder; default: the shipped one.")
+@click.option("--from", "from_path", type=click.Path(path_type=Path), default=None,
+              help="Continue this clip: the output holds the music that follows it.")
+@click.option("--device", type=_DEVICE, default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing outputs.")
+def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
+          out_path: Path, preview: Path | None, model_path: Path | None,
+          vocoder_path: Path | None, from_path: Path | None, device: str,
+          force: bool) -> None:
+    """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
+    from flowsuite.cli.vocoder_cmds import read_audio, write_wav
+    from flowsuite.core.io import check_writable
+    from flowsuite.musicflow.generator import MusicGenerator, check_seconds
+
+    check_seconds(seconds)
+    _check_number("--temperature", temperature)
+    _check_number("--sigma", sigma)
+    if seed < 0:
+        raise FlowsuiteError(f"--seed must not be negative, not {seed}")
+    check_writable(out_path, force)
+    if preview is not None:
+        check_writable(preview, force)
+    dev = resolve_device(device)
+    gen = MusicGenerator.from_pretrained(
+        model_file(model_path) if model_path is not None else None,
+        model_file(vocoder_path) if vocoder_path is not None else None, device=dev)
+    if style is not None:
+        gen.prior.style_index(style, 1)  # an unknown style fails before any work
+    prime = None
+    if from_path is not None:
+        prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
+    mel = gen.generate_mel(seconds, seed, temperature, style, prime)
+    audio = gen.vocode(mel, round(seconds * gen.sample_rate), sigma, seed)
+    if not np.isfinite(audio).all():
+        raise FlowsuiteError("the models produced NaN audio; they are probably undertrained or "
+                             "broken, train them further")
+    write_wav(out_path, audio, gen.sample_rate, force)
+    click.echo(f"wrote {out_path} ({len(audio) / gen.sample_rate:.2f} s)")
+    if preview is not None:
+        from flowsuite.musicflow.preview import write_spectrograms
+
+        title = (f"gen music --seed {seed} --temperature {temperature:g}"
+                 + (f" --style {style}" if style else ""))
+        write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
+        click.echo(f"wrote {preview}")
+
+
+# ------------------------------------------------------------------------------------- eval
+
+
+def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarray]:
+    """``count`` held-out clips of ``samples`` samples spread over the test split (or a plain
+    folder's files)."""
+    from flowsuite.cli.vocoder_cmds import _held_out
+
+    data = _held_out(data_dir, samples)
+    if len(data) < 2:
+        raise FlowsuiteError(f"{data_dir} holds {len(data)} held-out clip(s) of "
+                             f"{samples / 22050:.1f} s; give more audio or lower --seconds")
+    picks = np.unique(np.linspace(0, len(data) - 1, min(count, len(data))).round().astype(int))
+    return [data[int(i)]["audio"].numpy() for i in picks]
+
+
+@eval_.command("music")
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="The mel prior.")
+@click.option("--vocoder", "vocoder_path", required=True, type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Held-out music: a music set's test split, or a folder.")
+@click.option("--count", type=int, default=8, show_default=True,
+              help="Clips per system (the held-out side uses twice as many).")
+@click.option("--seconds", type=float, default=6.0, show_default=True, help="Seconds per clip.")
+@click.option("--temperature", type=float, default=0.5, show_default=True)
+@click.option("--sigma", type=float, default=0.6, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the figures here.")
+@click.option("--device", type=_DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing --json file.")
+def eval_music(model_path: Path, vocoder_path: Path, data_dir: Path, count: int,
+               seconds: float, temperature: float, sigma: float, json_path: Path | None,
+               device: str, seed: int, force: bool) -> None:
+    """Distances between generated and held-out music, beside shaped noise and the ideal
+    (held-out clips against other held-out clips); lower is closer."""
+    from flowsuite.core.io import atomic_path, check_writable
+    from flowsuite.musicflow.generator import MusicGenerator
+    from flowsuite.musicflow.metrics import clip_statistics, music_distances, shaped_noise
+
+    if json_path is not None:
+        check_writable(json_path, force)
+    if count < 2:
+        raise FlowsuiteError(f"--count must be at least 2, not {count}")
+    if not (math.isfinite(seconds) and 1 <= seconds <= 60):
+        raise FlowsuiteError(f"--seconds must be from 1 to 60, not {seconds}")
+    _check_number("--temperature", temperature)
+    _check_number("--sigma", sigma)
+    dev = resolve_device(device)
+    gen = MusicGenerator.from_pretrained(model_file(model_path), model_file(vocoder_path),
+                                         device=dev)
+    rate = gen.sample_rate
+    samples = round(seconds * rate)
+    held = _reference_clips(data_dir, samples, 2 * count)
+    ref, other = held[0::2], held[1::2]
+    n = len(ref)
+    clips = {}
+    with click.progressbar(range(n), label="generating", file=None) as bar:
+        clips["generated"] = [gen.generate(seconds, seed + i, temperature, sigma)[0]
+                              for i in bar]
+    clips["shaped_noise"] = shaped_noise(ref, n, samples, gen.vocoder.mel.cpu(), seed)
+    clips["ideal"] = other
+    front = gen.vocoder.mel.cpu()
+    ref_stats = clip_statistics(ref, rate, front)
+    metrics = {k: music_distances(clip_statistics(v, rate, front), ref_stats)
+               for k, v in clips.items()}
+    result = {"model": str(model_path), "vocoder": str(vocoder_path), "data": str(data_dir),
+              "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
+              "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
+              "metrics": metrics}
+    click.echo(f"{n} clips of {seconds:g} s against {n} held-out clips (lower is closer)")
+    names = list(metrics)
+    click.echo(f"{'metric':<12}" + "".join(f"{k:>14}" for k in names))
+    for m in ("mel_fd", "chroma_fd", "rhythm"):
+        click.echo(f"{m:<12}" + "".join(f"{metrics[k][m]:>14.4f}" for k in names))
+    if json_path is not None:
+        with atomic_path(json_path, force=force) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")

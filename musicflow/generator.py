@@ -1,0 +1,122 @@
+"""Music from nothing: the mel prior samples a spectrogram, WaveGlow turns it into audio.
+
+    gen = MusicGenerator.from_pretrained()           # the shipped models
+    audio, rate = gen.generate(seconds=10, seed=0)   # float32 (10 * rate,), 22050
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowsuite.core.checkpoint import load_model
+from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.prior import MAX_SECONDS, MelPrior
+from flowsuite.musicflow.waveglow import WaveGlow
+
+_HOW_TO_TRAIN = {
+    "mel-prior": "train one with `gen train prior --data DIR --out RUN` and pass --model RUN",
+    "waveglow": "train one with `gen train vocoder --data DIR --out RUN` and pass --vocoder RUN",
+}
+
+
+def _model_path(path: str | os.PathLike | None, name: str) -> Path:
+    """``path``, or the shipped model ``name`` when ``None``."""
+    if path is not None:
+        return Path(path)
+    from flowsuite.data.pretrained import MODELS_DIR, shipped_path
+
+    if not (MODELS_DIR / f"{name}.safetensors").is_file():
+        raise FlowsuiteError(f"this installation ships no {name} model; {_HOW_TO_TRAIN[name]}")
+    return shipped_path(name)
+
+
+def check_seconds(seconds: float) -> float:
+    """``seconds`` if it lies in 1 s .. 10 min, else a one-line ``FlowsuiteError``."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
+            and 1.0 <= seconds <= MAX_SECONDS):
+        raise FlowsuiteError(f"the length must be from 1 to {MAX_SECONDS:.0f} seconds (10 "
+                             f"minutes), not {seconds}")
+    return float(seconds)
+
+
+class MusicGenerator:
+    """A mel prior and a WaveGlow vocoder that agree on the mel front end."""
+
+    def __init__(self, prior: MelPrior, vocoder: WaveGlow):
+        mel = vocoder.mel
+        mine = (prior.n_mel, prior.hop, prior.sample_rate)
+        theirs = (mel.n_mel, mel.hop, mel.sample_rate)
+        if mine != theirs:
+            raise FlowsuiteError(f"the prior's mels (bands, hop, rate = {mine}) do not match the "
+                                 f"vocoder's {theirs}; use models trained on the same front end")
+        self.prior, self.vocoder = prior.eval(), vocoder.eval()
+
+    @classmethod
+    def from_pretrained(cls, prior: str | os.PathLike | None = None,
+                        vocoder: str | os.PathLike | None = None,
+                        device: str | torch.device = "cpu") -> MusicGenerator:
+        """Loads the two models from their files (``None``: the shipped ones)."""
+        p = load_model(_model_path(prior, "mel-prior"), expected="mel-prior", map_location=device)
+        v = load_model(_model_path(vocoder, "waveglow"), expected="waveglow",
+                       map_location=device)
+        return cls(p, v)  # type: ignore[arg-type]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.prior.sample_rate
+
+    def prime_mel(self, prime_audio: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Log-mel ``(n_mel, F)`` of mono audio ``(T,)`` at :attr:`sample_rate`."""
+        x = torch.as_tensor(np.asarray(prime_audio, dtype=np.float32))
+        if x.dim() != 1 or x.shape[0] < 2 * self.prior.hop * self.prior.block:
+            raise FlowsuiteError(f"the clip to continue must be mono and at least "
+                                 f"{2 * self.prior.hop * self.prior.block} samples long")
+        with torch.no_grad():
+            return self.vocoder.mel(x.to(self.vocoder.mel.window.device))
+
+    @torch.no_grad()
+    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+                     style: str | None = None, prime_audio: np.ndarray | None = None
+                     ) -> torch.Tensor:
+        """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``)."""
+        seconds = check_seconds(seconds)
+        frames = math.ceil(round(seconds * self.sample_rate) / self.prior.hop)
+        prime = None if prime_audio is None else self.prime_mel(prime_audio)
+        return self.prior.sample(frames, style=style, temperature=temperature, seed=seed,
+                                 prime=prime)[0]
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
+               chunk_frames: int = 256) -> np.ndarray:
+        """Audio float32 ``(samples,)`` from a log-mel ``(n_mel, F)``, synthesised in chunks of
+        ``chunk_frames`` frames (bounded memory)."""
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
+        out = np.empty(samples, dtype=np.float32)
+        at = 0
+        for piece in self.vocoder.stream(mel[None], sigma, chunk_frames=chunk_frames, seed=seed):
+            take = min(piece.shape[-1], samples - at)
+            out[at:at + take] = piece[0, :take].cpu().numpy()
+            at += take
+            if at >= samples:
+                break
+        return out
+
+    def generate(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+                 sigma: float = 0.6, style: str | None = None,
+                 prime_audio: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with
+        ``prime_audio`` (mono float32 at ``rate``) the music continues that clip (the output
+        holds only the continuation)."""
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise FlowsuiteError(f"temperature must be a non-negative number, not {temperature}")
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
+        mel = self.generate_mel(seconds, seed, temperature, style, prime_audio)
+        audio = self.vocode(mel, round(check_seconds(seconds) * self.sample_rate), sigma, seed)
+        return audio, self.sample_rate

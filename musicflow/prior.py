@@ -1,0 +1,330 @@
+"""A flow prior over log-mel spectrograms of music, autoregressive over time in the manner of
+Flowtron (Valle et al., 2020), and the text-free music generator built on it.
+
+The spectrogram ``(n_mel, F)`` is normalised per band (statistics kept in the config) and cut
+into steps of ``block`` frames; step ``t`` is a vector ``x_t`` of ``block * n_mel`` values
+(frame-major). Its density is a conditional flow given a context ``c_t``: the output of a GRU
+that has read ``x_0 .. x_{t-1}`` (a learned start vector before ``x_0``), joined with a style
+embedding when the model knows styles::
+
+    log p(mel) = sum_t log p(x_t | c_t) - F * sum(log std)
+
+Each step's flow (data to latent) is a context-only affine map (the GRU's prediction of the
+mean and scale of ``x_t``) followed by ``n_flows`` steps of ActNorm, an invertible linear map and
+a coupling (affine or rational-quadratic spline) whose MLP conditioner reads the context.
+Training is teacher-forced: the GRU reads the true sequence in one call and the flow runs on
+every step at once. Sampling streams: only the GRU's hidden state ``(layers, B, hidden)`` is
+carried from step to step, so any length runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal, nsf, realnvp
+from flowsuite.core.checkpoint import Configurable, register_model
+from flowsuite.core.coupling import logdet_sum
+from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.mel import HOP, N_MEL, SAMPLE_RATE, AudioShapeError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The shipped size; see BENCHMARKS.md ("Mel prior") for the comparison behind it.
+    "small": dict(block=4, hidden=256, rnn_layers=1, n_flows=4, flow_hidden=[256, 256],
+                  coupling="affine", style_dim=16),
+    # Smoke tests only.
+    "tiny": dict(block=2, hidden=16, rnn_layers=1, n_flows=2, flow_hidden=[16],
+                 coupling="affine", style_dim=4),
+}
+
+MAX_SECONDS = 600.0
+
+
+class ContextAffine(Bijection):
+    """``z = x * exp(s(c)) + t(c)`` element-wise, with ``(t, s)`` from an MLP of the context
+    alone (the log-scale softly bounded); the identity at initialisation.
+
+    ``x: (B, features)``, ``context: (B, context_features)``.
+    """
+
+    def __init__(self, features: int, context_features: int, hidden: Sequence[int] = (256,),
+                 scale_bound: float = 5.0):
+        super().__init__()
+        self.features = features
+        self.transform = Affine(scale_bound)
+        self.net = MLP(context_features, 2 * features, hidden=hidden)
+
+    def _params(self, context: Tensor | None, like: Tensor) -> Tensor:
+        if context is None:
+            raise ValueError("ContextAffine needs a context")
+        return self.net(context).unflatten(-1, (2, self.features)).movedim(-2, -1).to(like.dtype)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, ld = self.transform.forward(x, self._params(context, x))
+        return z, logdet_sum(ld)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, ld = self.transform.inverse(z, self._params(context, z))
+        return x, logdet_sum(ld)
+
+
+@dataclass
+class PriorState:
+    """Where a stream stands: the GRU's hidden state ``(rnn_layers, B, hidden)`` after reading
+    every step so far, and the style index of each sample ``(B,)``."""
+
+    hidden: Tensor
+    style: Tensor
+
+
+@register_model("mel-prior")
+class MelPrior(Configurable, nn.Module):
+    """An autoregressive flow over log-mel frames (see the module docstring).
+
+    Args:
+        n_mel: mel bands.
+        block: frames per autoregressive step (1 = frame steps).
+        hidden, rnn_layers: the GRU that summarises the past steps (the context size).
+        n_flows, flow_hidden, coupling: each step's flow (``"affine"`` or ``"spline"``
+            couplings with MLP conditioners of ``flow_hidden`` units).
+        styles: names of the conditioning styles (empty: no style input).
+        style_dim: size of the style embedding.
+        mean, std: per-band statistics of the training mels (``n_mel`` each; ``None``: 0 and 1).
+        noise: standard deviation of the noise added to normalised mels in training (a
+            dequantisation that keeps the density finite on clamped, silent bands).
+        sample_rate, hop: the mel front end the spectrograms come from.
+    """
+
+    def __init__(self, n_mel: int = N_MEL, block: int = 4, hidden: int = 256,
+                 rnn_layers: int = 1, n_flows: int = 4, flow_hidden: Sequence[int] = (256, 256),
+                 coupling: str = "affine", styles: Sequence[str] = (), style_dim: int = 16,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP):
+        super().__init__()
+        if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
+            raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
+        if coupling not in ("affine", "spline"):
+            raise ValueError(f"unknown coupling {coupling!r}; use 'affine' or 'spline'")
+        self.n_mel, self.block, self.hop, self.sample_rate = n_mel, block, hop, sample_rate
+        self.styles = list(styles)
+        self.noise = float(noise)
+        self.features = d = block * n_mel
+        f32 = torch.float32
+        mean_t = torch.zeros(n_mel) if mean is None else torch.tensor(list(mean), dtype=f32)
+        std_t = torch.ones(n_mel) if std is None else torch.tensor(list(std), dtype=f32)
+        if mean_t.shape != (n_mel,) or std_t.shape != (n_mel,) or not bool((std_t > 0).all()):
+            raise ValueError(f"mean and std need {n_mel} values each, std positive")
+        # Rebuilt from the config, so not saved with the weights.
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
+        self.start = nn.Parameter(torch.zeros(d))
+        self.rnn = nn.GRU(d, hidden, num_layers=rnn_layers, batch_first=True)
+        # One more row than styles: the "no style" row for unlabelled audio (label -1).
+        self.style_embedding = (nn.Embedding(len(self.styles) + 1, style_dim)
+                                if self.styles else None)
+        ctx = hidden + (style_dim if self.styles else 0)
+        hid = list(flow_hidden)
+        steps = (realnvp(d, n_flows, hid, context_features=ctx) if coupling == "affine"
+                 else nsf(d, n_flows, hid, context_features=ctx, mixing="linear"))
+        self.flow = Flow(Compose(ContextAffine(d, ctx, hid[:1]), steps.bijection),
+                         StandardNormal(d))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
+        """A model of a named size (``"small"`` or ``"tiny"``) with any argument changed."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop
+
+    def _device(self) -> torch.device:
+        return self.start.device
+
+    # ------------------------------------------------------------------------------ layout
+
+    def normalise(self, mel: Tensor) -> Tensor:
+        """Log-mel ``(B, n_mel, F)`` -> per-band standardised ``(B, n_mel, F)``."""
+        return (mel - self.mean[:, None]) / self.std[:, None]
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """The inverse of :meth:`normalise`."""
+        return x * self.std[:, None] + self.mean[:, None]
+
+    def to_steps(self, x: Tensor) -> Tensor:
+        """``(B, n_mel, T * block)`` -> steps ``(B, T, block * n_mel)``."""
+        b, m, f = x.shape
+        return x.transpose(1, 2).reshape(b, f // self.block, self.block * m)
+
+    def from_steps(self, s: Tensor) -> Tensor:
+        """Steps ``(B, T, block * n_mel)`` -> ``(B, n_mel, T * block)``."""
+        b, t, _ = s.shape
+        return s.reshape(b, t * self.block, self.n_mel).transpose(1, 2)
+
+    def check_mel(self, mel: Tensor, whole_steps: bool = True) -> Tensor:
+        """Validates a log-mel ``(B, n_mel, F)`` or ``(n_mel, F)``; returns ``(B, n_mel, F)``."""
+        if not isinstance(mel, Tensor) or not mel.is_floating_point():
+            raise AudioShapeError("the mel spectrogram must be a floating-point tensor")
+        mel = mel[None] if mel.dim() == 2 else mel
+        if mel.dim() != 3 or mel.shape[1] != self.n_mel:
+            raise AudioShapeError(f"the mel spectrogram must be (B, {self.n_mel}, frames), got "
+                                  f"{tuple(mel.shape)}")
+        if mel.shape[2] < self.block or (whole_steps and mel.shape[2] % self.block):
+            raise AudioShapeError(f"{mel.shape[2]} frames are not a positive whole number of "
+                                  f"{self.block}-frame steps")
+        if not torch.isfinite(mel).all():
+            raise AudioShapeError("the mel spectrogram holds NaN or infinite values")
+        return mel
+
+    def style_index(self, style: str | int | None, batch: int,
+                    generator: torch.Generator | None = None) -> Tensor:
+        """Style labels ``(batch,)``: a name or index of ``self.styles``; ``None`` draws one at
+        random per sample (from ``generator``) when the model knows styles, else -1."""
+        if not self.styles:
+            if style is not None:
+                raise FlowsuiteError(f"this model was trained without styles; leave out the "
+                                     f"style (got {style!r})")
+            return torch.full((batch,), -1, dtype=torch.long)
+        if style is None:
+            dev = generator.device if generator is not None else None
+            return torch.randint(len(self.styles), (batch,), generator=generator, device=dev)
+        if isinstance(style, str):
+            if style not in self.styles:
+                raise FlowsuiteError(f"unknown style {style!r}; this model knows "
+                                     f"{', '.join(self.styles)}")
+            style = self.styles.index(style)
+        if not -1 <= int(style) < len(self.styles):
+            raise FlowsuiteError(f"style index {style} is out of range; this model knows "
+                                 f"{', '.join(self.styles)}")
+        return torch.full((batch,), int(style), dtype=torch.long)
+
+    def _context(self, hidden_out: Tensor, style: Tensor) -> Tensor:
+        """GRU outputs ``(B, T, H)`` (or ``(B, H)``) and styles ``(B,)`` -> contexts with the
+        style embedding appended."""
+        if self.style_embedding is None:
+            return hidden_out
+        idx = torch.where(style < 0, len(self.styles), style).to(hidden_out.device)
+        emb = self.style_embedding(idx)
+        if hidden_out.dim() == 3:
+            emb = emb[:, None].expand(-1, hidden_out.shape[1], -1)
+        return torch.cat([hidden_out, emb.to(hidden_out.dtype)], dim=-1)
+
+    # ---------------------------------------------------------------------------- likelihood
+
+    def _log_prob_normalised(self, x: Tensor, style: Tensor) -> Tensor:
+        """``log p`` of normalised mels ``(B, n_mel, T * block)`` -> ``(B,)``, teacher-forced."""
+        steps = self.to_steps(x)
+        b, t, d = steps.shape
+        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), steps[:, :-1]], dim=1)
+        out, _ = self.rnn(inputs)
+        ctx = self._context(out, style).reshape(b * t, -1)
+        lp = self.flow.log_prob(steps.reshape(b * t, d), ctx)
+        return lp.view(b, t).sum(1)
+
+    def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None) -> Tensor:
+        """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
+        of ``block``); ``style`` labels ``(B,)``, a name, an index or ``None`` (-1: no style)."""
+        mel = self.check_mel(mel)
+        if not isinstance(style, Tensor):
+            style = (self.style_index(style, mel.shape[0]) if style is not None
+                     else torch.full((mel.shape[0],), -1, dtype=torch.long))
+        lp = self._log_prob_normalised(self.normalise(mel), style.to(self._device()))
+        return lp - mel.shape[-1] * torch.log(self.std).sum()
+
+    def forward(self, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
+        """The trainer's loss: ``batch`` is ``{"mel": (B, n_mel, F), "style": (B,)}`` or a mel
+        tensor. Returns ``loss``, the negative log-likelihood per mel value in nats (with the
+        training noise added to the normalised mel in training mode), and ``nll_per_dim``."""
+        if isinstance(batch, dict):
+            mel, style = batch["mel"], batch.get("style")
+        else:
+            mel, style = batch, None
+        mel = self.check_mel(mel)
+        if style is None:
+            style = torch.full((mel.shape[0],), -1, dtype=torch.long)
+        x = self.normalise(mel)
+        if self.training and self.noise > 0:
+            x = x + self.noise * torch.randn_like(x)
+        lp = self._log_prob_normalised(x, style) - mel.shape[-1] * torch.log(self.std).sum()
+        loss = -lp.mean() / (mel.shape[1] * mel.shape[2])
+        return {"loss": loss, "nll_per_dim": loss.detach()}
+
+    # ------------------------------------------------------------------------------ sampling
+
+    def initial_state(self, batch: int = 1, style: str | int | None = None,
+                      prime: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> PriorState:
+        """The state before the first sampled step: the GRU has read the start vector and, with
+        ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
+        so sampling continues it."""
+        dev = self._device()
+        labels = self.style_index(style, batch, generator).to(dev)
+        inputs = self.start.expand(batch, 1, self.features)
+        if prime is not None:
+            prime = self.check_mel(prime.to(dev, torch.float32), whole_steps=False)
+            if prime.shape[0] not in (1, batch):
+                raise ValueError(f"a prime of batch {prime.shape[0]} for {batch} samples")
+            usable = prime.shape[-1] // self.block * self.block
+            steps = self.to_steps(self.normalise(prime[..., prime.shape[-1] - usable:]))
+            inputs = torch.cat([inputs, steps.expand(batch, -1, -1)], dim=1)
+        _, hidden = self.rnn(inputs)
+        return PriorState(hidden, labels)
+
+    def step(self, state: PriorState, temperature: float = 0.5,
+             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
+        """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
+        The log-density is the untempered model's, of the normalised step."""
+        ctx = self._context(state.hidden[-1], state.style)
+        x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
+                                              generator=generator)
+        _, hidden = self.rnn(x[:, None], state.hidden)
+        return x, lp, PriorState(hidden, state.style)
+
+    @torch.no_grad()
+    def stream(self, frames: int, state: PriorState, temperature: float = 0.5,
+               generator: torch.Generator | None = None, chunk_steps: int = 64
+               ) -> Iterator[tuple[Tensor, Tensor, PriorState]]:
+        """Samples ``frames`` frames from ``state`` and yields ``(mel chunk (B, n_mel, f),
+        log-density of the chunk's steps (B,), state after it)`` every ``chunk_steps`` steps.
+        Memory is bounded by the chunk, whatever ``frames``."""
+        if frames < 1:
+            raise ValueError(f"frames must be positive, got {frames}")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a non-negative number, got {temperature}")
+        total = -(-frames // self.block)
+        done = 0
+        while done < total:
+            n = min(chunk_steps, total - done)
+            xs, lps = [], []
+            for _ in range(n):
+                x, lp, state = self.step(state, temperature, generator)
+                xs.append(x)
+                lps.append(lp)
+            mel = self.denormalise(self.from_steps(torch.stack(xs, dim=1)))
+            lp = torch.stack(lps, 1).sum(1) - mel.shape[-1] * torch.log(self.std).sum()
+            keep = min(mel.shape[-1], frames - done * self.block)
+            done += n
+            yield mel[..., :keep], lp, state
+
+    @torch.no_grad()
+    def sample(self, frames: int, style: str | int | None = None, temperature: float = 0.5,
+               seed: int | None = None, generator: torch.Generator | None = None,
+               prime: Tensor | None = None, batch: int = 1) -> Tensor:
+        """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
+        style per sample, or none for a model without styles); ``temperature`` scales the
+        latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
+        ``(n_mel, F)``) is continued. Memory does not grow with ``frames`` beyond the output."""
+        if generator is None:
+            generator = torch.Generator(device=self._device())
+            generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))
+        state = self.initial_state(batch, style, prime, generator)
+        return torch.cat([m for m, _, _ in self.stream(frames, state, temperature, generator)],
+                         dim=-1)
+

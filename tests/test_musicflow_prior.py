@@ -1,0 +1,353 @@
+"""The mel prior (flow, streaming, priming, styles), gen train prior, gen music, gen eval music."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from flowsuite.cli.main import cli
+from flowsuite.core.checkpoint import load_model, save_model
+from flowsuite.core.errors import FlowsuiteError
+from flowsuite.core.testing import check_inverse, check_logdet
+from flowsuite.musicflow.mel import MelSpectrogram
+from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
+from flowsuite.musicflow.prior import MelPrior
+from flowsuite.musicflow.waveglow import WaveGlow
+
+SR = 22050
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _fails(r, *words: str) -> None:
+    """One line on stderr-or-stdout, status 2, no traceback, and the given words in it."""
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, r.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _chords(seconds: float, notes: list[float], seed: int) -> np.ndarray:
+    """A few notes of a few partials each, one after another."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    y = np.zeros_like(t)
+    per = len(t) // len(notes)
+    for i, f in enumerate(notes):
+        seg = slice(i * per, (i + 1) * per)
+        for h in (1, 2, 3):
+            y[seg] += np.sin(2 * math.pi * f * h * t[seg] + rng.uniform(0, 6)) / h
+    return (0.2 * y / np.abs(y).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def music_set(tmp_path_factory):
+    """A miniature music set: audio/ and a manifest with styles and splits."""
+    root = tmp_path_factory.mktemp("prior") / "music"
+    (root / "audio").mkdir(parents=True)
+    plan = [("train", "chorale", 1.2), ("train", "folk", 1.2), ("train", "quartet", 1.2),
+            ("train", "folk", 1.2), ("val", "chorale", 1.0), ("test", "folk", 2.2),
+            ("test", "chorale", 2.2)]
+    with open(root / "manifest.jsonl", "w") as f:
+        for i, (split, style, secs) in enumerate(plan):
+            name = f"audio/{i:02d}.wav"
+            sf.write(root / name, _chords(secs, [220 * 1.26 ** (i % 3), 330, 262, 392], i), SR)
+            f.write(json.dumps({"file": name, "style": style, "split": split}) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(music_set, tmp_path_factory):
+    """A tiny prior trained for 3 steps by the CLI, and an untrained tiny vocoder."""
+    root = tmp_path_factory.mktemp("models")
+    run = root / "prior"
+    r = _invoke("train", "prior", "--data", music_set, "--out", run, "--preset", "tiny",
+                "--steps", 3, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    torch.manual_seed(0)
+    voc = WaveGlow.from_preset("compact", n_flows=2, wn_layers=2, wn_channels=16)
+    save_model(voc, root / "voc.safetensors")
+    return run, root / "voc.safetensors"
+
+
+def _tiny(**kw) -> MelPrior:
+    torch.manual_seed(0)
+    cfg = dict(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], style_dim=3)
+    model = MelPrior(**{**cfg, **kw})
+    with torch.no_grad():  # ActNorm's data-dependent initialisation, as training does first
+        model(torch.randn(4, 8, 6))
+    return model
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_step_flow_inverts_and_its_logdet_matches_the_jacobian(coupling):
+    model = _tiny(coupling=coupling, styles=["a", "b"]).double()
+    x = torch.randn(3, model.features, dtype=torch.float64)
+    ctx = torch.randn(3, 12 + 3, dtype=torch.float64)
+    check_inverse(model.flow.bijection, x, ctx)
+    check_logdet(model.flow.bijection, x, ctx)
+
+
+def test_shapes_loss_and_style_labels():
+    model = _tiny(styles=["a", "b"])
+    mel = torch.randn(4, 8, 10) - 4
+    out = model({"mel": mel, "style": torch.tensor([0, 1, -1, 0])})
+    assert out["loss"].shape == () and torch.isfinite(out["loss"])
+    assert model.log_prob(mel, "b").shape == (4,)
+    assert model.sample(7, style="a", seed=0, batch=2).shape == (2, 8, 7)
+    with pytest.raises(FlowsuiteError, match="frames"):
+        model.log_prob(torch.randn(1, 8, 9))  # not a whole number of 2-frame steps
+    with pytest.raises(FlowsuiteError, match="unknown style 'jazz'.*a, b"):
+        model.sample(4, style="jazz")
+    with pytest.raises(FlowsuiteError, match="without styles"):
+        _tiny().sample(4, style="a")
+
+
+def test_streamed_sampling_density_equals_the_teacher_forced_one():
+    """The GRU run step by step while sampling and over the whole sequence in training give the
+    same contexts: the sampler's log-density of its output is the batch log_prob."""
+    model = _tiny(styles=["a", "b"]).eval()
+    g = torch.Generator().manual_seed(3)
+    state = model.initial_state(2, "b", generator=g)
+    parts = list(model.stream(14, state, temperature=0.8, generator=g, chunk_steps=3))
+    mel = torch.cat([m for m, _, _ in parts], -1)
+    streamed = sum(lp for _, lp, _ in parts)
+    with torch.no_grad():
+        assert torch.allclose(model.log_prob(mel, "b"), streamed, rtol=1e-4, atol=1e-2)
+
+
+def test_chunking_and_continuing_a_stream_change_nothing():
+    model = _tiny().eval()
+    whole = model.sample(20, seed=5)
+    g = torch.Generator().manual_seed(5)
+    state = model.initial_state(1, generator=g)
+    first = [(m, s) for m, _, s in model.stream(8, state, 0.5, g, chunk_steps=1)]
+    rest = [m for m, _, _ in model.stream(12, first[-1][1], 0.5, g, chunk_steps=64)]
+    assert torch.equal(torch.cat([m for m, _ in first] + rest, -1), whole)
+
+
+def test_a_primed_continuation_is_the_conditional_of_the_whole():
+    """log p(prime + continuation) - log p(prime) = the streamed density of the continuation."""
+    model = _tiny().eval()
+    prime = model.sample(6, seed=1)[0]
+    g = torch.Generator().manual_seed(2)
+    state = model.initial_state(1, prime=prime, generator=g)
+    parts = list(model.stream(8, state, 1.0, g))
+    cont = torch.cat([m for m, _, _ in parts], -1)
+    with torch.no_grad():
+        joint = model.log_prob(torch.cat([prime[None], cont], -1))
+        cond = joint - model.log_prob(prime[None])
+    assert torch.allclose(cond, sum(lp for _, lp, _ in parts), rtol=1e-4, atol=1e-2)
+    assert not torch.equal(cont, model.sample(8, seed=2))  # the prime does change the music
+
+
+def test_long_generation_carries_a_fixed_size_state():
+    model = _tiny().eval()
+    g = torch.Generator().manual_seed(0)
+    start = model.initial_state(1, generator=g)
+    sizes, widths = set(), set()
+    for mel, _, state in model.stream(600, start, 0.5, g, chunk_steps=16):
+        sizes.add(tuple(state.hidden.shape))
+        widths.add(mel.shape[-1])
+    assert sizes == {(1, 1, 12)} and max(widths) == 32  # 16 steps of 2 frames at most
+
+
+def test_checkpoint_keeps_statistics_and_styles(tmp_path):
+    model = _tiny(styles=["x"], mean=[float(i) for i in range(8)], std=[2.0] * 8).eval()
+    save_model(model, tmp_path / "p.safetensors")
+    back = load_model(tmp_path / "p.safetensors", expected="mel-prior")
+    mel = torch.randn(2, 8, 6)
+    assert back.styles == ["x"] and torch.equal(back.std, model.std)
+    with torch.no_grad():
+        assert torch.allclose(back.log_prob(mel, "x"), model.log_prob(mel, "x"))
+
+
+def test_frechet_distance_and_shaped_noise():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(a, a + [2, 0, 0]) == pytest.approx(4, rel=1e-6)
+    front = MelSpectrogram()
+    clips = [_chords(1.0, [440.0], 0)]
+    noise = shaped_noise(clips, 2, 8000, front, seed=1)
+    assert [len(n) for n in noise] == [8000, 8000]
+    spec = front.stft(torch.from_numpy(noise[0])).abs().mean(-1)
+    assert int(spec.argmax()) == int(front.stft(torch.from_numpy(clips[0])).abs().mean(-1).argmax())
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def test_train_prior_takes_styles_from_the_manifest_and_resumes(models, music_set):
+    run, _ = models
+    model = load_model(run / "model.safetensors", expected="mel-prior")
+    assert model.styles == ["chorale", "folk", "quartet"]
+    assert model.block == 2 and len(model.config["mean"]) == 80
+    args = ("train", "prior", "--data", music_set, "--out", run, "--preset", "tiny",
+            "--batch-size", 2, "--segment-frames", 16, "--device", "cpu")
+    _fails(_invoke(*args, "--steps", 3), "already holds a training run")
+    r = _invoke(*args, "--steps", 5, "--resume")
+    assert r.exit_code == 0 and "trained 5 steps" in r.output, r.output
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 5
+
+
+def test_train_prior_on_a_plain_folder_has_no_styles(tmp_path):
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i in range(2):
+        sf.write(data / f"{i}.wav", _chords(0.8, [300.0, 400.0], i), SR)
+    r = _invoke("train", "prior", "--data", data, "--out", tmp_path / "run", "--preset", "tiny",
+                "--steps", 1, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert load_model(tmp_path / "run" / "model.safetensors").styles == []
+
+
+@pytest.mark.filterwarnings("ignore::flowsuite.data.audio.AudioSkipWarning")
+def test_train_prior_bad_input(tmp_path, music_set):
+    base = ("train", "prior", "--out", tmp_path / "r", "--preset", "tiny", "--steps", 1,
+            "--device", "cpu")
+    _fails(_invoke(*base, "--data", tmp_path / "nowhere"), "does not exist")
+    _fails(_invoke(*base, "--data", music_set, "--segment-frames", 15), "multiple")
+    _fails(_invoke(*base, "--data", music_set, "--segment-frames", 4000), "usable")
+
+
+def test_gen_music_writes_exactly_the_asked_length(models, tmp_path):
+    run, voc = models
+    out, png = tmp_path / "m.wav", tmp_path / "m.png"
+    r = _invoke("music", "--seconds", 1.5, "--model", run, "--vocoder", voc, "--out", out,
+                "--preview", png, "--style", "folk", "--device", "cpu", "--seed", 4)
+    assert r.exit_code == 0, r.output
+    y, rate = sf.read(out)
+    assert rate == SR and y.ndim == 1 and len(y) == round(1.5 * SR)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    before = out.read_bytes()
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", voc, "--out", out,
+                   "--device", "cpu"), "--force")
+    assert out.read_bytes() == before
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", voc, "--out", out,
+                "--device", "cpu", "--force", "--seed", 4)
+    assert r.exit_code == 0 and len(sf.read(out)[0]) == SR
+
+
+def test_gen_music_continues_a_clip(models, tmp_path):
+    run, voc = models
+    clip = tmp_path / "clip.flac"
+    sf.write(clip, _chords(0.5, [262.0, 330.0], 9), 44100)
+    out = tmp_path / "c.wav"
+    r = _invoke("music", "--seconds", 1, "--from", clip, "--model", run, "--vocoder", voc,
+                "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(sf.read(out)[0]) == SR
+
+
+def test_gen_music_bad_input(models, tmp_path, monkeypatch):
+    run, voc = models
+    out = tmp_path / "x.wav"
+    base = ("music", "--model", run, "--vocoder", voc, "--out", out, "--device", "cpu")
+    for s in ("0", "-3", "1e9", "nan", "0.5"):
+        _fails(_invoke(*base, "--seconds", s), "seconds")
+    _fails(_invoke(*base, "--temperature", -1), "--temperature")
+    _fails(_invoke(*base, "--sigma", "nan"), "--sigma")
+    _fails(_invoke(*base, "--style", "jazz"), "unknown style", "chorale, folk, quartet")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    _fails(_invoke(*base, "--from", bad), "cannot read")
+    _fails(_invoke(*base, "--from", tmp_path / "missing.wav"), "does not exist")
+    _fails(_invoke("music", "--model", tmp_path / "none", "--vocoder", voc, "--out", out),
+           "does not exist")
+    _fails(_invoke("music", "--model", voc, "--vocoder", voc, "--out", out), "waveglow")
+    _fails(_invoke("music", "--model", run, "--vocoder", run, "--out", out), "mel-prior")
+    import flowsuite.data.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "empty")
+    _fails(_invoke("music", "--out", out), "gen train prior")
+    _fails(_invoke("music", "--model", run, "--out", out), "gen train vocoder")
+    assert not out.exists()
+
+
+def test_gen_eval_music_reports_three_systems(models, music_set, tmp_path):
+    run, voc = models
+    js = tmp_path / "e.json"
+    r = _invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
+                "--count", 2, "--seconds", 1, "--json", js, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    res = json.loads(js.read_text())
+    assert set(res["metrics"]) == {"generated", "shaped_noise", "ideal"}
+    for m in res["metrics"].values():
+        assert set(m) == {"mel_fd", "chroma_fd", "rhythm"}
+        assert all(np.isfinite(v) and v >= 0 for v in m.values())
+    _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
+                   "--json", js), "--force")
+    _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
+                   "--count", 1), "--count")
+
+
+def test_music_generator_api(models):
+    from flowsuite.musicflow import MusicGenerator
+
+    run, voc = models
+    gen = MusicGenerator.from_pretrained(run / "model.safetensors", voc)
+    audio, rate = gen.generate(1.25, seed=3, temperature=0.5, sigma=0.6, style="chorale")
+    assert rate == SR and audio.dtype == np.float32 and audio.shape == (round(1.25 * SR),)
+    again, _ = gen.generate(1.25, seed=3, temperature=0.5, sigma=0.6, style="chorale")
+    assert np.array_equal(audio, again)
+    primed, _ = gen.generate(1.0, seed=3, prime_audio=_chords(0.5, [262.0], 1))
+    assert primed.shape == (SR,)
+    with pytest.raises(FlowsuiteError, match="do not match"):
+        MusicGenerator(MelPrior.from_preset("tiny", hop=128), gen.vocoder)
+
+
+def test_finetune_prior_and_both_start_from_the_given_models(music_set, models, tmp_path):
+    import shutil
+
+    from flowsuite.core.checkpoint import read_metadata
+
+    prior_run, voc = models
+    # --part prior on a plain folder of audio (no styles: the "no style" context is trained)
+    out = tmp_path / "ft-prior"
+    args = ["finetune", "music", "--part", "prior", "--from", prior_run, "--data",
+            music_set / "audio", "--out", out, "--steps", 2, "--batch-size", 2,
+            "--segment-frames", 16, "--device", "cpu"]
+    r = _invoke(*args)
+    assert r.exit_code == 0, r.output
+    base, tuned = load_model(prior_run / "model.safetensors"), load_model(out / "model.safetensors")
+    assert tuned.config == base.config  # its own statistics and styles are kept
+    assert read_metadata(out / "model.safetensors").user["step"] == "2"
+    r = _invoke(*args[:-8], "--steps", 3, "--batch-size", 2, "--segment-frames", 16,
+                "--device", "cpu", "--resume")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(out / "model.safetensors").user["step"] == "3"
+    # --part both from a folder holding prior/ and vocoder.safetensors
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copytree(prior_run, start / "prior")
+    shutil.copy(voc, start / "vocoder.safetensors")
+    both = tmp_path / "ft-both"
+    r = _invoke("finetune", "music", "--part", "both", "--from", start, "--data", music_set,
+                "--out", both, "--steps", 1, "--batch-size", 2, "--segment-frames", 16,
+                "--segment", 2048, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(both / "prior" / "model.safetensors").model == "mel-prior"
+    assert read_metadata(both / "vocoder" / "model.safetensors").model == "waveglow"
+    # one-line errors: a vocoder given as the prior, a --from folder without a vocoder
+    for bad, words in ((["--part", "prior", "--from", voc], "waveglow"),
+                       (["--part", "both", "--from", prior_run], "needs both")):
+        r = _invoke("finetune", "music", *bad, "--data", music_set, "--out", tmp_path / "x",
+                    "--steps", 1, "--device", "cpu")
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and words in lines[0], r.output
+    assert not (tmp_path / "x").exists()
