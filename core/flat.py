@@ -37,6 +37,8 @@ version of all of them within a graph that is being recorded. Pickling the whole
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -55,6 +57,7 @@ class _FlatGroup:
         self.numels = [s.numel() for s in shapes]
         self.offsets = [sum(self.numels[:i]) for i in range(len(shapes))]
         self._flat: Tensor | None = None
+        self.trace_views: list[Tensor] | None = None
         self._key: tuple = ()
         self._views: list[Tensor] = []
 
@@ -72,18 +75,27 @@ class _FlatGroup:
             self._flat, self._key = flat, key
         return self._views
 
+    def split(self) -> list[Tensor]:
+        return [c.view(s) for c, s in zip(self.flat().split(self.numels), self.shapes,
+                                          strict=True)]
+
     def view(self, i: int) -> Tensor:
         if torch.compiler.is_compiling():
-            # Traced code keeps no cache: one slice per use, fused by the compiler.
+            # Traced code keeps no cache across calls. Within a call through one of the root's
+            # methods, one split serves every view (its backward is one cat); elsewhere each
+            # use slices (correct, but its backward sums one full-size tensor per view).
+            if self.trace_views is not None:
+                return self.trace_views[i]
             return self.flat().narrow(0, self.offsets[i], self.numels[i]).view(self.shapes[i])
         return self.views()[i]
 
     def __getstate__(self) -> dict[str, Any]:
         # Views are derived data (and non-leaf tensors, which deepcopy refuses).
-        return {k: v for k, v in self.__dict__.items() if k not in ("_flat", "_key", "_views")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_flat", "_key", "_views", "trace_views")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _flat=None, _key=(), _views=[])
+        self.__dict__.update(state, _flat=None, _key=(), _views=[], trace_views=None)
 
 
 def _flat_property(name: str) -> property:
@@ -99,11 +111,44 @@ def _flat_property(name: str) -> property:
     return property(get, set_, doc=f"``{name}``: a view of the module's flat parameter.")
 
 
-def _swap_class(module: nn.Module, names: frozenset[str]) -> None:
+def _entry(method: Callable) -> Callable:
+    """Wraps a public method of the flattened root: under ``torch.compile`` it splits the flat
+    tensors once for the whole call."""
+    @functools.wraps(method)
+    def call(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        groups = self.__dict__["_flat_groups"]
+        if not torch.compiler.is_compiling() or groups[0].trace_views is not None:
+            return method(self, *args, **kwargs)
+        for g in groups:
+            g.trace_views = g.split()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for g in groups:
+                g.trace_views = None
+
+    return call
+
+
+def _root_methods(cls: type) -> dict[str, Callable]:
+    """The public methods (and ``forward``) that ``cls`` defines above ``nn.Module``."""
+    out: dict[str, Callable] = {}
+    for klass in reversed(cls.__mro__):
+        if klass in nn.Module.__mro__:
+            continue
+        for name, value in vars(klass).items():
+            if inspect.isfunction(value) and (name == "forward" or not name.startswith("_")):
+                out[name] = value
+    return out
+
+
+def _swap_class(module: nn.Module, names: frozenset[str], root: bool = False) -> None:
     cls = type(module)
-    key = (cls, names)
+    key = (cls, names, root)
     if key not in _GENERATED:
         attrs: dict[str, Any] = {n: _flat_property(n) for n in names}
+        if root:
+            attrs.update({n: _entry(f) for n, f in _root_methods(cls).items()})
         attrs["_flat_original_class"] = cls
         _GENERATED[key] = type(f"Flat{cls.__name__}", (cls,), attrs)
     module.__class__ = _GENERATED[key]
@@ -159,9 +204,9 @@ def flatten_parameters(module: nn.Module,
         for mod, attr in owners[id(p)]:
             mod.__dict__.setdefault("_flat_slots", {})[attr] = slot_of[id(p)]
     for mod in module.modules():
-        slots = mod.__dict__.get("_flat_slots")
-        if slots:
-            _swap_class(mod, frozenset(slots))
+        slots = mod.__dict__.get("_flat_slots", {})
+        if slots or mod is module:
+            _swap_class(mod, frozenset(slots), root=mod is module)
     # state_dict key of each slot, in the original order.
     prefix_of = {id(m): n for n, m in module.named_modules(remove_duplicate=False)}
     slot_keys: list[tuple[str, _FlatGroup, int]] = []
@@ -243,11 +288,13 @@ def unflatten_parameters(module: nn.Module) -> nn.Module:
     with torch.no_grad():
         values = {id(g): [v.detach().clone() for v in g.views()] for g in groups}
     made: dict[tuple[int, int], nn.Parameter] = {}
+    module.__class__ = module._flat_original_class
     for mod in module.modules():
         slots = mod.__dict__.pop("_flat_slots", None)
         if not slots:
             continue
-        mod.__class__ = mod._flat_original_class
+        if hasattr(mod, "_flat_original_class"):
+            mod.__class__ = mod._flat_original_class
         for attr, (g, i) in slots.items():
             if (id(g), i) not in made:
                 made[(id(g), i)] = nn.Parameter(values[id(g)][i],
