@@ -18,7 +18,8 @@ stream of samples from a 2-D Gaussian mixture whose log-density is exact, so the
 held-out set is known. Reported per library and model: steps per second after a warm-up,
 held-out NLL, and for ``torch.compile`` the compile time and the graph breaks that
 ``torch._dynamo.explain`` finds. Repeats are interleaved (every contender once per round, in a
-rotating order) and medians are reported, since the machine may be shared.
+rotating order) and medians are reported, since the machine may be shared; "paired" is the
+median over rounds of flowsuite against the fastest peer of the same round (CPU time).
 
     python bench/core_vs_peers.py --repeats 3 --out bench/results/core_vs_peers_cpu.json
 
@@ -362,12 +363,20 @@ def report(contenders: list[Contender], truth: dict, args: argparse.Namespace) -
             best_cpu = max(peers, key=lambda p: p["steps_per_cpu_s"])
             r["cpu_speedup_vs_fastest_peer"] = r["steps_per_cpu_s"] / best_cpu["steps_per_cpu_s"]
             r["nll_minus_best_peer"] = r["nll"] - min(p["nll"] for p in peers)
+            # Paired: each round against the fastest peer of the same round (run minutes
+            # apart at most), which cancels much of the drift of a shared machine's load.
+            for key, out_key in (("steps_per_s_all", "paired_speedup_vs_fastest_peer"),
+                                 ("steps_per_cpu_s_all", "paired_cpu_speedup_vs_fastest_peer")):
+                ratios = [mine / max(p[key][i] for p in peers)
+                          for i, mine in enumerate(r[key])]
+                r[out_key + "_all"] = ratios
+                r[out_key] = median(ratios)
 
     print(f"\ntrue NLL of the held-out set: {truth['test_nll']:.4f} nats "
           f"(entropy by Monte Carlo: {truth['entropy']:.4f} +- {truth['entropy_se']:.4f})")
     head = (f"{'model':7} {'mode':8} {'library':20} {'steps/s':>8} {'vs peer':>8} "
-            f"{'steps/cpu-s':>11} {'vs peer':>8} {'NLL':>7} {'gap':>7} {'1st step s':>10} "
-            f"{'compile x':>9}  graph breaks")
+            f"{'steps/cpu-s':>11} {'vs peer':>8} {'paired':>7} {'NLL':>7} {'gap':>7} "
+            f"{'1st step s':>10} {'compile x':>9}  graph breaks")
     print(head)
     print("-" * len(head))
     for r in sorted(rows, key=lambda r: (r["model"], r["mode"],
@@ -376,11 +385,13 @@ def report(contenders: list[Contender], truth: dict, args: argparse.Namespace) -
         vs = f"{r['speedup_vs_fastest_peer']:.2f}x" if "speedup_vs_fastest_peer" in r else ""
         vsc = (f"{r['cpu_speedup_vs_fastest_peer']:.2f}x"
                if "cpu_speedup_vs_fastest_peer" in r else "")
+        pair = (f"{r['paired_cpu_speedup_vs_fastest_peer']:.2f}x"
+                if "paired_cpu_speedup_vs_fastest_peer" in r else "")
         cx = f"{r['compile_speedup_cpu']:.2f}x" if "compile_speedup_cpu" in r else ""
         g = r.get("graph", {})
         gb = ("" if not g else g.get("error", f"{g['graph_breaks']} ({g['graphs']} graphs)"))
         print(f"{r['model']:7} {r['mode']:8} {r['library']:20} {r['steps_per_s']:8.1f} "
-              f"{vs:>8} {r['steps_per_cpu_s']:11.1f} {vsc:>8} {r['nll']:7.4f} "
+              f"{vs:>8} {r['steps_per_cpu_s']:11.1f} {vsc:>8} {pair:>7} {r['nll']:7.4f} "
               f"{r['nll_gap']:7.4f} {r['first_step_s']:10.2f} {cx:>9}  {gb}")
     return rows
 

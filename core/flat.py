@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 _PREFIX = "flat_parameters_"
-_GENERATED: dict[tuple[type, frozenset[str]], type] = {}
+_GENERATED: dict[tuple[type, frozenset[str], bool], type] = {}
 
 
 class _FlatGroup:
