@@ -8,12 +8,18 @@ Two models, built the same way in each library:
 * ``spline``: 8 rational-quadratic spline couplings, ``--bins`` bins on ``[-bound, bound]`` with
   identity (linear) tails, conditioner MLP hidden (64, 64), alternating halves.
 
+flowsuite runs twice: ``flowsuite`` with its parameters in one flat tensor
+(``flatten_parameters``, the Trainer's ``flat_parameters=True``) and ``flowsuite-per-tensor``
+with ordinary per-layer parameters, so the gain of each part shows; the peers keep their
+ordinary parameters.
+
 Each is trained for ``--steps`` Adam steps (same learning rate, default flags) at batch 512 on a
 stream of samples from a 2-D Gaussian mixture whose log-density is exact, so the true NLL of the
 held-out set is known. Reported per library and model: steps per second after a warm-up,
 held-out NLL, and for ``torch.compile`` the compile time and the graph breaks that
 ``torch._dynamo.explain`` finds. Repeats are interleaved (every contender once per round, in a
-rotating order) and medians are reported, since the machine may be shared.
+rotating order) and medians are reported, since the machine may be shared; "paired" is the
+median over rounds of flowsuite against the fastest peer of the same round (CPU time).
 
     python bench/core_vs_peers.py --repeats 3 --out bench/results/core_vs_peers_cpu.json
 
@@ -95,8 +101,18 @@ class Mixture:
 LogProb = Callable[[Tensor], Tensor]
 
 
-def build_flowsuite(model: str, bins: int, bound: float) -> tuple[nn.Module, LogProb]:
-    from flowsuite.core import Compose, Flow, MaskedAutoregressive, SplineCoupling, StandardNormal
+def build_flowsuite(model: str, bins: int, bound: float, flat: bool = True
+                    ) -> tuple[nn.Module, LogProb]:
+    """flowsuite's flow; ``flat``: with its parameters in one tensor (``flatten_parameters``,
+    what ``TrainConfig(flat_parameters=True)`` does), otherwise ordinary per-layer ones."""
+    from flowsuite.core import (
+        Compose,
+        Flow,
+        MaskedAutoregressive,
+        SplineCoupling,
+        StandardNormal,
+        flatten_parameters,
+    )
 
     if model == "maf":
         steps = [MaskedAutoregressive(FEATURES, HIDDEN, order=None if i % 2 == 0 else "reverse")
@@ -105,6 +121,8 @@ def build_flowsuite(model: str, bins: int, bound: float) -> tuple[nn.Module, Log
         steps = [SplineCoupling(FEATURES, hidden=HIDDEN, bins=bins, bound=bound, parity=i % 2)
                  for i in range(STEPS_PER_FLOW)]
     flow = Flow(Compose(*steps), StandardNormal(FEATURES))
+    if flat:
+        flatten_parameters(flow)
     return flow, flow.log_prob
 
 
@@ -174,15 +192,18 @@ class ContextFree(nn.Module):
 
 
 BUILDERS: dict[str, Callable[[str, int, float], tuple[nn.Module, LogProb]]] = {
-    "flowsuite": build_flowsuite, "zuko": build_zuko, "nflows": build_nflows}
-DISTRIBUTIONS = {"flowsuite": "flowsuite", "zuko": "zuko", "nflows": "nflows"}
+    "flowsuite": build_flowsuite,
+    "flowsuite-per-tensor": partial(build_flowsuite, flat=False),
+    "zuko": build_zuko, "nflows": build_nflows}
+DISTRIBUTIONS = {"flowsuite": "flowsuite", "flowsuite-per-tensor": "flowsuite", "zuko": "zuko",
+                 "nflows": "nflows"}
 
 
 def available_libraries() -> list[str]:
     libs = []
     for lib in BUILDERS:
         try:
-            __import__(lib)
+            __import__(DISTRIBUTIONS[lib])
         except Exception as err:  # a broken peer is reported and skipped, not fatal
             print(f"skipping {lib}: {type(err).__name__}: {err}", file=sys.stderr)
             continue
@@ -334,32 +355,43 @@ def report(contenders: list[Contender], truth: dict, args: argparse.Namespace) -
             r["compile_speedup"] = r["steps_per_s"] / eager["steps_per_s"]
             r["compile_speedup_cpu"] = r["steps_per_cpu_s"] / eager["steps_per_cpu_s"]
         peers = [p for k, p in by_key.items()
-                 if k[0] != "flowsuite" and k[1:] == (r["model"], r["mode"])]
-        if r["library"] == "flowsuite" and peers:
+                 if not k[0].startswith("flowsuite") and k[1:] == (r["model"], r["mode"])]
+        if r["library"].startswith("flowsuite") and peers:
             best = max(peers, key=lambda p: p["steps_per_s"])
             r["speedup_vs_fastest_peer"] = r["steps_per_s"] / best["steps_per_s"]
             r["fastest_peer"] = best["library"]
             best_cpu = max(peers, key=lambda p: p["steps_per_cpu_s"])
             r["cpu_speedup_vs_fastest_peer"] = r["steps_per_cpu_s"] / best_cpu["steps_per_cpu_s"]
             r["nll_minus_best_peer"] = r["nll"] - min(p["nll"] for p in peers)
+            # Paired: each round against the fastest peer of the same round (run minutes
+            # apart at most), which cancels much of the drift of a shared machine's load.
+            for key, out_key in (("steps_per_s_all", "paired_speedup_vs_fastest_peer"),
+                                 ("steps_per_cpu_s_all", "paired_cpu_speedup_vs_fastest_peer")):
+                ratios = [mine / max(p[key][i] for p in peers)
+                          for i, mine in enumerate(r[key])]
+                r[out_key + "_all"] = ratios
+                r[out_key] = median(ratios)
 
     print(f"\ntrue NLL of the held-out set: {truth['test_nll']:.4f} nats "
           f"(entropy by Monte Carlo: {truth['entropy']:.4f} +- {truth['entropy_se']:.4f})")
-    head = (f"{'model':7} {'mode':8} {'library':10} {'steps/s':>8} {'vs peer':>8} "
-            f"{'steps/cpu-s':>11} {'vs peer':>8} {'NLL':>7} {'gap':>7} {'1st step s':>10} "
-            f"{'compile x':>9}  graph breaks")
+    head = (f"{'model':7} {'mode':8} {'library':20} {'steps/s':>8} {'vs peer':>8} "
+            f"{'steps/cpu-s':>11} {'vs peer':>8} {'paired':>7} {'NLL':>7} {'gap':>7} "
+            f"{'1st step s':>10} {'compile x':>9}  graph breaks")
     print(head)
     print("-" * len(head))
-    for r in sorted(rows, key=lambda r: (r["model"], r["mode"], r["library"] != "flowsuite",
+    for r in sorted(rows, key=lambda r: (r["model"], r["mode"],
+                                         not r["library"].startswith("flowsuite"),
                                          r["library"])):
         vs = f"{r['speedup_vs_fastest_peer']:.2f}x" if "speedup_vs_fastest_peer" in r else ""
         vsc = (f"{r['cpu_speedup_vs_fastest_peer']:.2f}x"
                if "cpu_speedup_vs_fastest_peer" in r else "")
+        pair = (f"{r['paired_cpu_speedup_vs_fastest_peer']:.2f}x"
+                if "paired_cpu_speedup_vs_fastest_peer" in r else "")
         cx = f"{r['compile_speedup_cpu']:.2f}x" if "compile_speedup_cpu" in r else ""
         g = r.get("graph", {})
         gb = ("" if not g else g.get("error", f"{g['graph_breaks']} ({g['graphs']} graphs)"))
-        print(f"{r['model']:7} {r['mode']:8} {r['library']:10} {r['steps_per_s']:8.1f} "
-              f"{vs:>8} {r['steps_per_cpu_s']:11.1f} {vsc:>8} {r['nll']:7.4f} "
+        print(f"{r['model']:7} {r['mode']:8} {r['library']:20} {r['steps_per_s']:8.1f} "
+              f"{vs:>8} {r['steps_per_cpu_s']:11.1f} {vsc:>8} {pair:>7} {r['nll']:7.4f} "
               f"{r['nll_gap']:7.4f} {r['first_step_s']:10.2f} {cx:>9}  {gb}")
     return rows
 
@@ -406,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
                          ("torch._functorch.config", "enable_autograd_cache")):
         with contextlib.suppress(ImportError):
             setattr(importlib.import_module(module), flag, False)
+    load_before = os.getloadavg()
     libs = [lib for lib in available_libraries() if lib in args.libraries]
     contenders = [make_contender(lib, model, mode, args, device, data[0])
                   for mode in args.modes for model in args.models for lib in libs]
@@ -414,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for c in order:
             run_once(c, data, test, args, seed=rep, device=device)
-            print(f"round {rep + 1}/{args.repeats} {c.name:28} {c.steps_per_s[-1]:7.1f} steps/s "
+            print(f"round {rep + 1}/{args.repeats} {c.name:38} {c.steps_per_s[-1]:7.1f} steps/s "
                   f"{c.steps_per_cpu_s[-1]:7.1f} steps/cpu-s  NLL {c.nll[-1]:.4f}  "
                   f"first step {c.first_step_s[-1]:.2f} s", flush=True)
 
@@ -423,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "settings": {k: (str(v) if isinstance(v, Path) else v)
                            for k, v in vars(args).items()},
-              "machine": machine(device), "truth": truth, "results": rows}
+              "machine": machine(device), "truth": truth, "results": rows,
+              "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()}}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)

@@ -24,6 +24,7 @@ from flowsuite.core.coupling import AdditiveCoupling, AffineCoupling, Coupling, 
 from flowsuite.core.distributions import DiagonalNormal, Distribution, StandardNormal
 from flowsuite.core.elementwise import Additive, Affine, RationalQuadraticSpline
 from flowsuite.core.errors import CheckpointError, FlowsuiteError
+from flowsuite.core.flat import flatten_parameters, is_flattened, unflatten_parameters
 from flowsuite.core.flow import Flow
 from flowsuite.core.linear import InvertibleLinear, Permute
 from flowsuite.core.models import DensityModel, maf, nsf, realnvp
@@ -34,8 +35,8 @@ from flowsuite.core.trainer import FitSummary, TrainConfig, Trainer, TrainingDiv
 __all__ = [
     "CheckpointInfo", "Configurable", "DensityModel", "FitSummary", "TrainConfig", "Trainer",
     "TrainingDiverged", "build_model", "load_model", "load_training_state", "load_weights", "maf",
-    "nsf", "read_metadata", "realnvp", "register_model", "registered_models", "save_model",
-    "save_training_state",
+    "flatten_parameters", "is_flattened", "nsf", "read_metadata", "realnvp", "register_model",
+    "registered_models", "save_model", "save_training_state", "unflatten_parameters",
     "ActNorm", "Additive", "AdditiveCoupling", "Affine", "AffineCoupling", "Bijection",
     "ChannelMLP", "CheckpointError", "Compose", "Coupling", "DiagonalNormal", "Distribution",
     "EarlySplit", "Flow", "FlowsuiteError", "Inverse", "InvertibleLinear", "MADE", "MLP",

@@ -142,10 +142,16 @@ def registered_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_class(model: nn.Module) -> type:
+    """``model``'s own class: for a model with flat parameters (``flatten_parameters``), the
+    class it had before (flattening gives it a generated subclass)."""
+    return type(model).__dict__.get("_flat_original_class", type(model))
+
+
 def model_name_of(model: nn.Module) -> str | None:
     """The registered name of ``model``'s class, or ``None`` if it is not registered."""
     for name, cls in _REGISTRY.items():
-        if type(model) is cls:
+        if model_class(model) is cls:
             return name
     return None
 
@@ -217,8 +223,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype 
         if k in _RESERVED:
             raise ValueError(f"metadata key {k!r} is reserved by flowsuite")
 
-    meta = {"format": "pt", _KEY_FORMAT: str(FORMAT_VERSION), _KEY_CLASS: _class_path(type(model)),
-            _KEY_VERSION: _flowsuite_version()}
+    meta = {"format": "pt", _KEY_FORMAT: str(FORMAT_VERSION),
+            _KEY_CLASS: _class_path(model_class(model)), _KEY_VERSION: _flowsuite_version()}
     name = model_name_of(model)
     if name is not None:
         config = getattr(model, "config", None)

@@ -1,6 +1,7 @@
 """One process of the data-parallel test: run as ``torchrun --nproc_per_node 2 ddp_worker.py OUT``
 (or as a plain script for the single-process reference). Each process trains, then writes its own
-final weights to ``OUT/rank<r>.safetensors`` for the test to compare."""
+final weights to ``OUT/rank<r>.safetensors`` for the test to compare. ``FLOWSUITE_TEST_FLAT=1``
+trains with flat parameters."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def main(out: str) -> None:
     x = torch.randn(256, 3, generator=g)
     y = 0.5 * x @ torch.tensor([1.0, -2.0, 0.5])
     config = TrainConfig(steps=40, batch_size=32, lr=0.05, warmup=4, val_every=20, ckpt_every=20,
-                         log_every=10, ema_decay=0.9, progress=False, seed=3)
+                         log_every=10, ema_decay=0.9, progress=False, seed=3,
+                         flat_parameters=os.environ.get("FLOWSUITE_TEST_FLAT") == "1")
     summary = Trainer(model, TensorDataset(x, y), config, val_set=TensorDataset(x[:50], y[:50]),
                       out_dir=os.path.join(out, "run")).fit()
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _run(cmd: list[str], out: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(cmd: list[str], out: Path, flat: bool = False) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLOWSUITE_TEST_FLAT": "1" if flat else "0"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     proc = subprocess.run([*cmd, str(WORKER), str(out)], env=env, capture_output=True, text=True,
                           timeout=120)
@@ -33,10 +33,13 @@ def _single_process(out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_agree_and_match_one(tmp_path):
+@pytest.mark.parametrize("flat", [False, True], ids=["per-tensor", "flat"])
+def test_two_processes_agree_and_match_one(tmp_path, flat):
+    """With ``flat``, the two processes train with flat parameters and still match the
+    single process with ordinary ones."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-         ddp)
+         ddp, flat)
     single.mkdir()
     _single_process(single)
 
