@@ -182,9 +182,10 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 
 
 @eval_.command("music")
-@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="The mel prior.")
-@click.option("--vocoder", "vocoder_path", required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
+              help="The mel prior (run folder or model.safetensors); default: the shipped one.")
+@click.option("--vocoder", "vocoder_path", default=None, type=click.Path(path_type=Path),
+              help="A WaveGlow (run folder or model.safetensors); default: the shipped one.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Held-out music: a music set's test split, or a folder.")
 @click.option("--count", type=int, default=8, show_default=True,
@@ -197,7 +198,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
-def eval_music(model_path: Path, vocoder_path: Path, data_dir: Path, count: int,
+def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, sigma: float, json_path: Path | None,
                device: str, seed: int, force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise and the ideal
@@ -215,8 +216,9 @@ def eval_music(model_path: Path, vocoder_path: Path, data_dir: Path, count: int,
     _check_number("--temperature", temperature)
     _check_number("--sigma", sigma)
     dev = resolve_device(device)
-    gen = MusicGenerator.from_pretrained(model_file(model_path), model_file(vocoder_path),
-                                         device=dev)
+    gen = MusicGenerator.from_pretrained(
+        model_file(model_path) if model_path is not None else None,
+        model_file(vocoder_path) if vocoder_path is not None else None, device=dev)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count)
@@ -232,7 +234,8 @@ def eval_music(model_path: Path, vocoder_path: Path, data_dir: Path, count: int,
     ref_stats = clip_statistics(ref, rate, front)
     metrics = {k: music_distances(clip_statistics(v, rate, front), ref_stats)
                for k, v in clips.items()}
-    result = {"model": str(model_path), "vocoder": str(vocoder_path), "data": str(data_dir),
+    result = {"model": str(model_path or "shipped mel-prior"),
+              "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
               "metrics": metrics}
