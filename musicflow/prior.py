@@ -31,12 +31,12 @@ from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal
 from flowsuite.core.checkpoint import Configurable, register_model
 from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.errors import FlowsuiteError
-from flowsuite.musicflow.mel import HOP, N_MEL, SAMPLE_RATE, AudioShapeError
+from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The shipped size; see BENCHMARKS.md ("Mel prior") for the comparison behind it.
     "small": dict(block=4, hidden=256, rnn_layers=1, n_flows=4, flow_hidden=[256, 256],
-                  coupling="affine", style_dim=16),
+                  coupling="affine", style_dim=16, context_noise=0.5),
     # Smoke tests only.
     "tiny": dict(block=2, hidden=16, rnn_layers=1, n_flows=2, flow_hidden=[16],
                  coupling="affine", style_dim=4),
@@ -97,6 +97,10 @@ class MelPrior(Configurable, nn.Module):
         mean, std: per-band statistics of the training mels (``n_mel`` each; ``None``: 0 and 1).
         noise: standard deviation of the noise added to normalised mels in training (a
             dequantisation that keeps the density finite on clamped, silent bands).
+        context_noise: standard deviation of the noise added to the past steps the GRU reads,
+            in training and in sampling alike. Without it a teacher-forced model learns to copy
+            the frame before (successive frames of a held note are nearly equal) and samples a
+            drone; blurring the past makes it model how music moves on. 0 turns it off.
         sample_rate, hop: the mel front end the spectrograms come from.
     """
 
@@ -104,7 +108,8 @@ class MelPrior(Configurable, nn.Module):
                  rnn_layers: int = 1, n_flows: int = 4, flow_hidden: Sequence[int] = (256, 256),
                  coupling: str = "affine", styles: Sequence[str] = (), style_dim: int = 16,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP):
+                 noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
+                 context_noise: float = 0.0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -113,6 +118,9 @@ class MelPrior(Configurable, nn.Module):
         self.n_mel, self.block, self.hop, self.sample_rate = n_mel, block, hop, sample_rate
         self.styles = list(styles)
         self.noise = float(noise)
+        self.context_noise = float(context_noise)
+        if self.noise < 0 or self.context_noise < 0:
+            raise ValueError("noise and context_noise must not be negative")
         self.features = d = block * n_mel
         f32 = torch.float32
         mean_t = torch.zeros(n_mel) if mean is None else torch.tensor(list(mean), dtype=f32)
@@ -157,6 +165,12 @@ class MelPrior(Configurable, nn.Module):
     def denormalise(self, x: Tensor) -> Tensor:
         """The inverse of :meth:`normalise`."""
         return x * self.std[:, None] + self.mean[:, None]
+
+    def _floor_step(self) -> Tensor:
+        """log(CLAMP) normalised, laid out as one step ``(block * n_mel,)``."""
+        floor = self.normalise(torch.full((1, self.n_mel, self.block), math.log(CLAMP),
+                                          device=self.mean.device))
+        return self.to_steps(floor)[0, 0]
 
     def to_steps(self, x: Tensor) -> Tensor:
         """``(B, n_mel, T * block)`` -> steps ``(B, T, block * n_mel)``."""
@@ -222,7 +236,10 @@ class MelPrior(Configurable, nn.Module):
         """``log p`` of normalised mels ``(B, n_mel, T * block)`` -> ``(B,)``, teacher-forced."""
         steps = self.to_steps(x)
         b, t, d = steps.shape
-        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), steps[:, :-1]], dim=1)
+        past = steps[:, :-1]
+        if self.training and self.context_noise > 0:
+            past = past + self.context_noise * torch.randn_like(past)
+        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), past], dim=1)
         out, _ = self.rnn(inputs)
         ctx = self._context(out, style).reshape(b * t, -1)
         lp = self.flow.log_prob(steps.reshape(b * t, d), ctx)
@@ -273,7 +290,11 @@ class MelPrior(Configurable, nn.Module):
                 raise ValueError(f"a prime of batch {prime.shape[0]} for {batch} samples")
             usable = prime.shape[-1] // self.block * self.block
             steps = self.to_steps(self.normalise(prime[..., prime.shape[-1] - usable:]))
-            inputs = torch.cat([inputs, steps.expand(batch, -1, -1)], dim=1)
+            steps = steps.expand(batch, -1, -1)
+            if self.context_noise > 0:
+                steps = steps + self.context_noise * torch.randn(
+                    steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
+            inputs = torch.cat([inputs, steps], dim=1)
         _, hidden = self.rnn(inputs)
         return PriorState(hidden, labels)
 
@@ -284,7 +305,15 @@ class MelPrior(Configurable, nn.Module):
         ctx = self._context(state.hidden[-1], state.style)
         x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
                                               generator=generator)
-        _, hidden = self.rnn(x[:, None], state.hidden)
+        # A log-mel is never below log(CLAMP) (the front end clamps it there); a sample that
+        # falls below is lifted to it before the recurrence reads it, so a stray value cannot
+        # drive the following steps off the data (the density is that of the raw sample).
+        x = torch.maximum(x, self._floor_step().to(x.dtype))
+        past = x
+        if self.context_noise > 0:
+            past = x + self.context_noise * torch.randn(x.shape, generator=generator,
+                                                        device=x.device, dtype=x.dtype)
+        _, hidden = self.rnn(past[:, None], state.hidden)
         return x, lp, PriorState(hidden, state.style)
 
     @torch.no_grad()
