@@ -36,7 +36,7 @@ def write_spectrograms(path: str | os.PathLike,
     vmin, vmax = -11.5, 2.0  # the log clamp of 1e-5 .. a loud frame, for an all-silent reference
     if finite.size:
         vmin, vmax = float(np.percentile(finite, 1)), float(finite.max())
-    fig, axes = plt.subplots(len(mels), 1, squeeze=False,
+    fig, axes = plt.subplots(len(mels), 1, squeeze=False, layout="constrained",
                              figsize=(width_inches, 1.9 * len(mels) + 0.4))
     image = None
     for ax, (title, _), m in zip(axes[:, 0], panels, mels, strict=True):
@@ -47,7 +47,7 @@ def write_spectrograms(path: str | os.PathLike,
         ax.set_ylabel("mel band", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("time (s)", fontsize=8)
-    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.025, pad=0.01,
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.025, pad=0.01, aspect=30,
                  label=f"log magnitude (0-{fmax / 1000:g} kHz)")
     with atomic_path(path, force=force) as tmp:
         fig.savefig(str(tmp), dpi=dpi, format="png")
