@@ -101,6 +101,15 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
 # ------------------------------------------------------------------------------------ music
 
 
+def _vocoder_arg(path: Path | None) -> Path | str | None:
+    """``--vocoder``: a WaveGlow run folder or file, the word ``griffin-lim``, or ``None``."""
+    from flowsuite.musicflow.generator import GRIFFIN_LIM
+
+    if path is None:
+        return None
+    return GRIFFIN_LIM if str(path) == GRIFFIN_LIM else model_file(path)
+
+
 @cli.command("music")
 @click.option("--seconds", type=float, default=10.0, show_default=True,
               help="Length of the music, 1 s to 10 min.")
@@ -118,7 +127,9 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="A mel prior (run folder or model.safetensors); default: the shipped one.")
 @click.option("--vocoder", "vocoder_path", type=click.Path(path_type=Path), default=None,
-              help="A WaveGlow vocoder; default: the shipped one.")
+              help="A WaveGlow (run folder or model.safetensors), or griffin-lim for the "
+                   "baseline that needs no weights; default: the shipped WaveGlow, else "
+                   "Griffin-Lim.")
 @click.option("--from", "from_path", type=click.Path(path_type=Path), default=None,
               help="Continue this clip: the output holds the music that follows it.")
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
@@ -130,7 +141,7 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
     from flowsuite.cli.vocoder_cmds import read_audio, write_wav
     from flowsuite.core.io import check_writable
-    from flowsuite.musicflow.generator import MusicGenerator, check_seconds
+    from flowsuite.musicflow.generator import GRIFFIN_LIM, MusicGenerator, check_seconds
 
     check_seconds(seconds)
     _check_number("--temperature", temperature)
@@ -143,7 +154,10 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     dev = resolve_device(device)
     gen = MusicGenerator.from_pretrained(
         model_file(model_path) if model_path is not None else None,
-        model_file(vocoder_path) if vocoder_path is not None else None, device=dev)
+        _vocoder_arg(vocoder_path), device=dev)
+    if gen.vocoder_name == GRIFFIN_LIM and vocoder_path is None:
+        click.echo("no WaveGlow vocoder ships yet; vocoding with Griffin-Lim (pass --vocoder RUN "
+                   "for a trained WaveGlow)")
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails before any work
     prime = None
@@ -185,7 +199,8 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 @click.option("--model", "model_path", default=None, type=click.Path(path_type=Path),
               help="The mel prior (run folder or model.safetensors); default: the shipped one.")
 @click.option("--vocoder", "vocoder_path", default=None, type=click.Path(path_type=Path),
-              help="A WaveGlow (run folder or model.safetensors); default: the shipped one.")
+              help="A WaveGlow (run folder or model.safetensors), or griffin-lim; default: the "
+                   "shipped WaveGlow, else Griffin-Lim.")
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Held-out music: a music set's test split, or a folder.")
 @click.option("--count", type=int, default=8, show_default=True,
@@ -218,7 +233,7 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     dev = resolve_device(device)
     gen = MusicGenerator.from_pretrained(
         model_file(model_path) if model_path is not None else None,
-        model_file(vocoder_path) if vocoder_path is not None else None, device=dev)
+        _vocoder_arg(vocoder_path), device=dev)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count)

@@ -15,8 +15,12 @@ import torch
 
 from flowsuite.core.checkpoint import load_model
 from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.mel import GriffinLimVocoder
 from flowsuite.musicflow.prior import MAX_SECONDS, MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
+
+# The name that picks the Griffin-Lim vocoder (no weights) instead of a WaveGlow file.
+GRIFFIN_LIM = "griffin-lim"
 
 _HOW_TO_TRAIN = {
     "mel-prior": "train one with `gen train prior --data DIR --out RUN` and pass --model RUN",
@@ -35,6 +39,12 @@ def _model_path(path: str | os.PathLike | None, name: str) -> Path:
     return shipped_path(name)
 
 
+def _shipped(name: str) -> bool:
+    from flowsuite.data.pretrained import MODELS_DIR
+
+    return (MODELS_DIR / f"{name}.safetensors").is_file()
+
+
 def check_seconds(seconds: float) -> float:
     """``seconds`` if it lies in 1 s .. 10 min, else a one-line ``FlowsuiteError``."""
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
@@ -45,9 +55,10 @@ def check_seconds(seconds: float) -> float:
 
 
 class MusicGenerator:
-    """A mel prior and a WaveGlow vocoder that agree on the mel front end."""
+    """A mel prior and a vocoder (a WaveGlow, or the Griffin-Lim baseline) that agree on the mel
+    front end."""
 
-    def __init__(self, prior: MelPrior, vocoder: WaveGlow):
+    def __init__(self, prior: MelPrior, vocoder: WaveGlow | GriffinLimVocoder):
         mel = vocoder.mel
         mine = (prior.n_mel, prior.hop, prior.sample_rate)
         theirs = (mel.n_mel, mel.hop, mel.sample_rate)
@@ -60,11 +71,23 @@ class MusicGenerator:
     def from_pretrained(cls, prior: str | os.PathLike | None = None,
                         vocoder: str | os.PathLike | None = None,
                         device: str | torch.device = "cpu") -> MusicGenerator:
-        """Loads the two models from their files (``None``: the shipped ones)."""
+        """Loads the two models from their files (``None``: the shipped ones). ``vocoder`` may be
+        ``"griffin-lim"``, the baseline that needs no weights; with ``None`` and no WaveGlow
+        shipped, Griffin-Lim is used (see :attr:`vocoder_name`)."""
         p = load_model(_model_path(prior, "mel-prior"), expected="mel-prior", map_location=device)
-        v = load_model(_model_path(vocoder, "waveglow"), expected="waveglow",
-                       map_location=device)
+        if vocoder is None and not _shipped("waveglow"):
+            vocoder = GRIFFIN_LIM
+        if str(vocoder) == GRIFFIN_LIM:
+            v: WaveGlow | GriffinLimVocoder = GriffinLimVocoder().to(device)
+        else:
+            v = load_model(_model_path(vocoder, "waveglow"), expected="waveglow",
+                           map_location=device)  # type: ignore[assignment]
         return cls(p, v)  # type: ignore[arg-type]
+
+    @property
+    def vocoder_name(self) -> str:
+        """``"waveglow"`` or ``"griffin-lim"``."""
+        return GRIFFIN_LIM if isinstance(self.vocoder, GriffinLimVocoder) else "waveglow"
 
     @property
     def sample_rate(self) -> int:
@@ -94,11 +117,13 @@ class MusicGenerator:
     def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
                chunk_frames: int = 256) -> np.ndarray:
         """Audio float32 ``(samples,)`` from a log-mel ``(n_mel, F)``, synthesised in chunks of
-        ``chunk_frames`` frames (bounded memory)."""
+        ``chunk_frames`` frames (bounded memory; Griffin-Lim uses chunks of 2048 frames)."""
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
         out = np.empty(samples, dtype=np.float32)
         at = 0
+        if isinstance(self.vocoder, GriffinLimVocoder):
+            chunk_frames = max(chunk_frames, 2048)  # fewer seams; a chunk is cheap to hold
         for piece in self.vocoder.stream(mel[None], sigma, chunk_frames=chunk_frames, seed=seed):
             take = min(piece.shape[-1], samples - at)
             out[at:at + take] = piece[0, :take].cpu().numpy()

@@ -197,3 +197,54 @@ class MelSpectrogram(nn.Module):
         """The Griffin-Lim baseline vocoder: log mel ``(B, n_mel, F)`` -> audio
         ``(B, F * hop)``."""
         return self.griffin_lim(self.to_linear(log_mel), iterations, generator=generator)
+
+
+class GriffinLimVocoder(nn.Module):
+    """The Griffin-Lim baseline as a vocoder with WaveGlow's streaming interface: log-mel to audio
+    with no trained weights (phase found by iteration, so it sounds phasey, but it follows the
+    mel exactly where an undertrained WaveGlow does not).
+
+    Long spectrograms are synthesised in chunks of ``chunk_frames`` frames; each chunk is solved
+    with ``overlap`` frames more on each side and the seams are cross-faded over those frames, so
+    memory stays bounded whatever the length.
+    """
+
+    def __init__(self, mel: MelSpectrogram | None = None, iterations: int = 32,
+                 overlap: int = 16):
+        super().__init__()
+        if iterations < 1 or overlap < 0:
+            raise ValueError("iterations must be positive and overlap non-negative")
+        self.mel = mel if mel is not None else MelSpectrogram()
+        self.iterations, self.overlap = int(iterations), int(overlap)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    @property
+    def hop(self) -> int:
+        return self.mel.hop
+
+    @torch.no_grad()
+    def stream(self, mel: Tensor, sigma: float = 0.0, *, chunk_frames: int | None = 2048,
+               seed: int | None = 0, **_: object):
+        """Yields consecutive audio pieces ``(B, frames * hop)`` of log-mel ``(B, n_mel, F)``;
+        ``sigma`` is ignored (there is no latent), ``seed`` seeds the initial phases."""
+        if mel.dim() != 3 or mel.shape[1] != self.mel.n_mel or mel.shape[2] < 1:
+            raise AudioShapeError(f"a log-mel spectrogram (batch, {self.mel.n_mel}, frames) is "
+                                  f"needed, got {tuple(mel.shape)}")
+        frames, hop, ov = mel.shape[2], self.mel.hop, self.overlap
+        size = max(1, chunk_frames or frames)
+        gen = torch.Generator(device=mel.device).manual_seed(0 if seed is None else seed)
+        tail: Tensor | None = None
+        for start in range(0, frames, size):
+            end = min(frames, start + size)
+            a, b = max(0, start - ov), min(frames, end + ov)
+            audio = self.mel.griffin_lim_from_mel(mel[..., a:b], self.iterations, generator=gen)
+            body = audio[:, (start - a) * hop:(end - a) * hop].clone()
+            if tail is not None and tail.shape[1]:
+                n = min(tail.shape[1], body.shape[1])
+                fade = torch.linspace(0.0, 1.0, n, device=body.device, dtype=body.dtype)
+                body[:, :n] = tail[:, :n] * (1 - fade) + body[:, :n] * fade
+            tail = audio[:, (end - a) * hop:(b - a) * hop]
+            yield body
