@@ -36,7 +36,7 @@ from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeEr
 PRESETS: dict[str, dict[str, Any]] = {
     # The shipped size; see BENCHMARKS.md ("Mel prior") for the comparison behind it.
     "small": dict(block=4, hidden=256, rnn_layers=1, n_flows=4, flow_hidden=[256, 256],
-                  coupling="affine", style_dim=16, context_noise=0.5),
+                  coupling="affine", style_dim=16),
     # Smoke tests only.
     "tiny": dict(block=2, hidden=16, rnn_layers=1, n_flows=2, flow_hidden=[16],
                  coupling="affine", style_dim=4),
