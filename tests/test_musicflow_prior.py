@@ -275,8 +275,7 @@ def test_gen_music_bad_input(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrained, "MODELS_DIR", tmp_path / "empty")
     _fails(_invoke("music", "--out", out), "gen train prior")
-    _fails(_invoke("music", "--model", run, "--out", out), "gen train vocoder")
-    assert not out.exists()
+    assert not out.exists()  # (no WaveGlow shipped: Griffin-Lim, tested below)
 
 
 def test_gen_eval_music_reports_three_systems(models, music_set, tmp_path):
