@@ -32,14 +32,15 @@ def _model_path(path: str | os.PathLike | None, name: str) -> Path:
     """``path``, or the shipped model ``name`` when ``None``."""
     if path is not None:
         return Path(path)
-    from flowsuite.data.pretrained import MODELS_DIR, shipped_path
+    from flowsuite.data.pretrained import shipped_path
 
-    if not (MODELS_DIR / f"{name}.safetensors").is_file():
+    if not _shipped(name):
         raise FlowsuiteError(f"this installation ships no {name} model; {_HOW_TO_TRAIN[name]}")
     return shipped_path(name)
 
 
 def _shipped(name: str) -> bool:
+    """Whether this installation ships the model ``name``."""
     from flowsuite.data.pretrained import MODELS_DIR
 
     return (MODELS_DIR / f"{name}.safetensors").is_file()
