@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +106,80 @@ def config_option(command: F) -> F:
         expose_value=False, callback=_apply_config,
         help="TOML recipe of option values (e.g. recipes/pointflow.toml); flags given on the "
              "command line win.")(command)
+
+
+# ---- --time-limit DURATION ---------------------------------------------------------------------
+
+EXIT_TIME_LIMIT = 3
+"""Exit status of a training command that stopped at its ``--time-limit`` (checkpoint saved)."""
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)\s*([hms]))", re.IGNORECASE)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration such as ``45s``, ``30m``, ``2h``, ``1h30m`` or ``1.5h``; a bare
+    number is minutes. Raises ``ValueError`` for anything else or for a length that is not
+    positive."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text) * 60.0
+    else:
+        raw = str(text).strip().replace(" ", "")
+        try:
+            seconds = float(raw) * 60.0
+        except ValueError:
+            parts = _DURATION.findall(raw)
+            if not parts or "".join(n + u for n, u in parts).lower() != raw.lower():
+                raise ValueError(f"{text!r} is not a duration (e.g. 45s, 30m, 2h, 1h30m)"
+                                 ) from None
+            scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * scale[u.lower()] for n, u in parts)
+    if not (seconds > 0 and seconds < float("inf")):
+        raise ValueError(f"{text!r} is not a positive, finite duration")
+    return seconds
+
+
+class Duration(click.ParamType):
+    """A click type for :func:`parse_duration`: the value is seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def time_limit_option(command: F) -> F:
+    """Decorator for a training command: ``--time-limit DURATION`` (seconds, or ``None``)."""
+    return click.option(
+        "--time-limit", type=Duration(), default=None,
+        help="Train for at most this long (45s, 30m, 2h, 1h30m; a bare number is minutes), "
+             "then save a checkpoint and stop with exit status 3; the same command with "
+             "--resume continues exactly where it stopped.")(command)
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` reading ``seconds`` from now (``None`` for no limit)."""
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def seconds_left(deadline: float | None) -> float | None:
+    """What is left of a :func:`deadline_after` deadline (a few milliseconds once it passed, so
+    a training call still finishes one step and checkpoints)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+
+
+def stop_if_unfinished(summary: Any, out: Path) -> None:
+    """After ``Trainer.fit``: when the run stopped at its time limit, says so in one line and
+    exits with :data:`EXIT_TIME_LIMIT`."""
+    if getattr(summary, "finished", True):
+        return
+    click.echo(f"time limit reached: stopped at step {summary.step}; the checkpoint is in "
+               f"{Path(out) / 'last'}; run the same command with --resume to continue",
+               err=True)
+    click.get_current_context().exit(EXIT_TIME_LIMIT)
 
 
 def run_warmup(out: Path, steps: int, resume: bool, cap: int = 100) -> int:

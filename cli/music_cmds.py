@@ -11,7 +11,14 @@ import click
 import numpy as np
 import torch
 
-from flowsuite.cli.common import config_option, model_file, resolve_device, run_warmup
+from flowsuite.cli.common import (
+    config_option,
+    model_file,
+    resolve_device,
+    run_warmup,
+    stop_if_unfinished,
+    time_limit_option,
+)
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -57,10 +64,11 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@time_limit_option
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int,
-                    resume: bool) -> None:
+                    resume: bool, time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
     from flowsuite.data.music import MANIFEST
@@ -92,7 +100,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                          warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,
                          ckpt_every=every)
     summary = train_prior(model, corpus, out_dir, config, val=val,
-                          segment_frames=segment_frames, resume=resume)
+                          segment_frames=segment_frames, resume=resume, time_limit=time_limit)
+    stop_if_unfinished(summary, out_dir)
     styles = f" (styles: {', '.join(model.styles)})" if model.styles else ""
     click.echo(f"trained {summary.step} steps on {corpus.frames} frames{styles}; model: "
                f"{summary.model_path}")

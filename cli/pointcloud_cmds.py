@@ -19,6 +19,8 @@ from flowsuite.cli.common import (
     config_option,
     resolve_device,
     run_warmup,
+    stop_if_unfinished,
+    time_limit_option,
 )
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
@@ -61,10 +63,11 @@ PRESETS: dict[str, dict[str, Any]] = {
               help="Model size.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
+@time_limit_option
 def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
                      resume: bool, latent_dim: int | None, preset: str, val_every: int | None,
-                     ckpt_every: int | None) -> None:
+                     ckpt_every: int | None, time_limit: float | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
     from flowsuite.pointflow.model import PointFlowModel
 
@@ -78,7 +81,7 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
                f"({len(val_set) if val_set is not None else 0} for validation), {dev}")
     summary = fit(model, train_set, val_set, out, steps=steps, batch_size=batch_size, lr=lr,
                   device=dev, seed=seed, resume=resume, val_every=val_every,
-                  ckpt_every=ckpt_every)
+                  ckpt_every=ckpt_every, time_limit=time_limit)
     final = finish_model(out, train_set.categories, train_set.stats)
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     click.echo(f"trained to step {summary.step}{loss}; model in {final}")
@@ -111,9 +114,10 @@ def open_sets(data_dir: Path, categories: list[str] | None, points_per_shape: in
 
 def fit(model, train_set, val_set, out: Path, *, steps: int, batch_size: int, lr: float,
         device: str, seed: int, resume: bool, val_every: int | None = None,
-        ckpt_every: int | None = None):
+        ckpt_every: int | None = None, time_limit: float | None = None):
     """Trains ``model`` (a fresh one, or a loaded one to fine-tune) into the run folder ``out``
-    with the trainer's schedule; returns the trainer's ``FitSummary``."""
+    with the trainer's schedule; returns the trainer's ``FitSummary``. A run stopped by
+    ``time_limit`` (seconds) ends the command here with one line and exit status 3."""
     from flowsuite.core.trainer import TrainConfig, Trainer
 
     config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
@@ -121,7 +125,10 @@ def fit(model, train_set, val_set, out: Path, *, steps: int, batch_size: int, lr
                          val_every=val_every or min(500, steps),
                          ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
                          seed=seed, device=device)
-    return Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(resume=resume)
+    summary = Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(
+        resume=resume, time_limit=time_limit)
+    stop_if_unfinished(summary, out)
+    return summary
 
 
 def finish_model(out: Path, categories: list[str], stats: dict | None,

@@ -10,7 +10,13 @@ import click
 import numpy as np
 import torch
 
-from flowsuite.cli.common import config_option, resolve_device, run_warmup
+from flowsuite.cli.common import (
+    config_option,
+    resolve_device,
+    run_warmup,
+    stop_if_unfinished,
+    time_limit_option,
+)
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
 
@@ -83,20 +89,24 @@ def _held_out(root: Path, segment: int):
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@time_limit_option
 def train_vocoder(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
-                  segment: int, lr: float, device: str, seed: int, resume: bool) -> None:
+                  segment: int, lr: float, device: str, seed: int, resume: bool,
+                  time_limit: float | None) -> None:
     """Train a WaveGlow vocoder (mel spectrogram to audio)."""
     path = fit_vocoder(_make_model(preset), data_dir, out_dir, steps=steps,
                        batch_size=batch_size, segment=segment, lr=lr, device=device, seed=seed,
-                       resume=resume)
+                       resume=resume, time_limit=time_limit)
     click.echo(f"trained {steps} steps; model: {path}")
 
 
 def fit_vocoder(model, data_dir: Path, out_dir: Path, *, steps: int, batch_size: int,
-                segment: int, lr: float, device: str, seed: int, resume: bool) -> Path:
+                segment: int, lr: float, device: str, seed: int, resume: bool,
+                time_limit: float | None = None) -> Path:
     """Trains ``model`` (a fresh WaveGlow, or a loaded one to fine-tune) on the audio in
     ``data_dir`` into the run folder ``out_dir``; returns the final model's path. The code path
-    of both `gen train vocoder` and `gen finetune music --part vocoder`."""
+    of both `gen train vocoder` and `gen finetune music --part vocoder`. A run stopped by
+    ``time_limit`` (seconds) ends the command here with one line and exit status 3."""
     from flowsuite.core.trainer import TrainConfig, Trainer
     from flowsuite.musicflow.mel import HOP
 
@@ -112,7 +122,7 @@ def fit_vocoder(model, data_dir: Path, out_dir: Path, *, steps: int, batch_size:
     # Items are {"audio", "style", "file"}; WaveGlow.forward takes the collated dict's "audio"
     # and computes the mel itself.
     trainer = Trainer(model, train_set, config, out_dir=out_dir, val_set=val_set)
-    trainer.fit(resume=resume)
+    stop_if_unfinished(trainer.fit(resume=resume, time_limit=time_limit), out_dir)
     return trainer.final_path
 
 

@@ -5,6 +5,7 @@ or a dict with ``"loss"`` and other scalar metrics to log. ::
 
     trainer = Trainer(model, train_set, TrainConfig(steps=10_000), val_set=val, out_dir="runs/a")
     summary = trainer.fit()                  # or fit(resume=True) after an interruption
+    summary = trainer.fit(time_limit=3600)   # train for an hour, then checkpoint and return
     summary = Trainer.resume("runs/a", train_set, val_set=val)   # rebuilds a registered model
 
 A run folder holds::
@@ -337,6 +338,9 @@ class FitSummary:
     model_path: Path | None
     resumed_from: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    finished: bool = True
+    """False when the call stopped at its ``time_limit`` before ``config.steps``: ``last/`` holds
+    the checkpoint to resume from and ``model_path`` is ``None``."""
 
 
 class Trainer:
@@ -367,6 +371,8 @@ class Trainer:
         self.skipped = 0
         self._consecutive_skips = 0
         self._stop_requested = False
+        self._deadline: float | None = None
+        self._timed_out = False
         self._last_val: dict[str, float] = {}
         self._rng_at_step_start: dict[str, Any] | None = None
 
@@ -426,14 +432,25 @@ class Trainer:
 
     # ---- fitting
 
-    def fit(self, resume: bool = False) -> FitSummary:
+    def fit(self, resume: bool = False, time_limit: float | None = None) -> FitSummary:
         """Trains to ``config.steps`` and returns a summary.
 
         With ``resume=True`` the run continues from the last checkpoint in ``out_dir`` (or starts
         if there is none); without it an ``out_dir`` that holds a run is refused. Ctrl-C (or
         SIGTERM) stops after the current step, writes a checkpoint and raises
         ``KeyboardInterrupt``.
+
+        ``time_limit`` (seconds, counted from this call) bounds one sitting of a long run, e.g.
+        a job on a cluster with a wall-clock limit: once it has passed, the step under way
+        finishes, a checkpoint is written and the summary comes back with ``finished=False``;
+        ``fit(resume=True)`` later continues the run exactly where it stopped (the schedule is
+        that of ``config.steps``, so the sittings add up to the uninterrupted run).
         """
+        if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
+            raise FlowsuiteError(f"time_limit must be a positive number of seconds, not "
+                                 f"{time_limit!r}")
+        self._deadline = None if time_limit is None else time.monotonic() + time_limit
+        self._timed_out = False
         cfg = self.config
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -495,12 +512,14 @@ class Trainer:
             train_model = torch.compile(train_model)
 
         final_loss = self._loop(train_model, sampler) if self.step < cfg.steps else None
-        model_path = self._finish()
+        finished = self.step >= cfg.steps
+        model_path = self._finish() if finished else None
         return FitSummary(out_dir=self.out_dir, step=self.step, final_loss=final_loss,
                           last_val_loss=self._last_val.get("val_loss"), best_val_loss=self.best_val,
                           best_step=self.best_step, skipped_steps=self.skipped,
                           seconds=time.perf_counter() - t_start, model_path=model_path,
-                          resumed_from=resumed_from, metrics=dict(self._last_val))
+                          resumed_from=resumed_from, metrics=dict(self._last_val),
+                          finished=finished)
 
     @torch.no_grad()
     def model_initialise(self, batch: Any) -> None:
@@ -556,19 +575,22 @@ class Trainer:
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip or math.inf)
                 # One reduction per step gives every process the same view: the mean loss and
-                # metrics, the gradient norm, and whether any process was asked to stop.
+                # metrics, the gradient norm, whether any process was asked to stop and whether
+                # any process's clock has passed the time limit.
                 names = list(metrics)
+                late = self._deadline is not None and time.monotonic() >= self._deadline
                 vec = torch.stack([loss.detach().float(), norm.detach().float().to(self.device),
                                    torch.tensor(float(self._stop_requested), device=self.device),
+                                   torch.tensor(float(late), device=self.device),
                                    *[m.to(self.device) for m in metrics.values()]])
                 vals = (all_reduce_sum(vec, dist) / dist.world_size).tolist()
-                loss_v, norm_v, stop = vals[0], vals[1], vals[2] > 0
+                loss_v, norm_v, stop, late = vals[0], vals[1], vals[2] > 0, vals[3] > 0
                 if math.isfinite(loss_v) and math.isfinite(norm_v):
                     self.optimizer.step()
                     if self.ema is not None:
                         self.ema.update(self.model)
                     self._consecutive_skips = 0
-                    window.add(loss_v, norm_v, dict(zip(names, vals[3:], strict=True)))
+                    window.add(loss_v, norm_v, dict(zip(names, vals[4:], strict=True)))
                     final_loss = loss_v
                 else:
                     self._skip(loss_v, norm_v)
@@ -581,6 +603,9 @@ class Trainer:
                 self._after_step(window, lr, bar, sampler)
                 if stop:
                     self._stop_requested = True
+                    break
+                if late and self.step < cfg.steps:
+                    self._timed_out = True
                     break
         except KeyboardInterrupt:
             # Raised inside a step (not through the deferred handler): the weights are those of
@@ -601,6 +626,12 @@ class Trainer:
                 log.warning("stopped at step %d; checkpoint saved in %s; resume with "
                             "resume=True", self.step, self.last_dir)
             raise KeyboardInterrupt
+        if self._timed_out:
+            if self.step % cfg.ckpt_every:
+                self._save_checkpoint()
+            if dist.is_main:
+                log.warning("time limit reached at step %d of %d; checkpoint saved in %s; "
+                            "resume with resume=True", self.step, cfg.steps, self.last_dir)
         return final_loss
 
     def _skip(self, loss: float, norm: float) -> None:

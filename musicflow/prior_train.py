@@ -137,11 +137,12 @@ class MelCrops(Dataset):
 
 def train_prior(model: MelPrior, corpus: MelCorpus, out_dir: str | os.PathLike,
                 config: TrainConfig, *, val: MelCorpus | None = None, segment_frames: int = 256,
-                resume: bool = False) -> FitSummary:
+                resume: bool = False, time_limit: float | None = None) -> FitSummary:
     """Fits ``model`` on random crops of ``segment_frames`` frames of ``corpus`` with the core
     trainer into the run folder ``out_dir`` (validation on fixed crops of ``val``);
-    ``resume=True`` continues the run there. Returns the trainer's summary; the weights to use
-    are ``out_dir/model.safetensors``."""
+    ``resume=True`` continues the run there; ``time_limit`` bounds this sitting (seconds, see
+    ``Trainer.fit``). Returns the trainer's summary; the weights to use are
+    ``out_dir/model.safetensors`` once ``summary.finished``."""
     if segment_frames < model.block or segment_frames % model.block:
         raise FlowsuiteError(f"--segment-frames {segment_frames} must be a positive multiple of "
                              f"the model's {model.block}-frame steps")
@@ -156,4 +157,4 @@ def train_prior(model: MelPrior, corpus: MelCorpus, out_dir: str | os.PathLike,
         except FlowsuiteError:
             val_set = None
     trainer = Trainer(model, train_set, config, out_dir=out_dir, val_set=val_set)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, time_limit=time_limit)

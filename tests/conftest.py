@@ -27,3 +27,31 @@ def _error_line(result) -> str:
 def error_line():
     """``error_line(result)``: the single error line of a ``gen`` command that failed cleanly."""
     return _error_line
+
+
+class _Clock:
+    """Stands in for the trainer's ``time`` module: ``monotonic()`` reads 0, 1, 2, ... seconds,
+    one more at every call (the trainer reads it once when ``fit`` starts and once per step)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        value, self.now = self.now, self.now + 1.0
+        return value
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+@pytest.fixture
+def step_clock(monkeypatch):
+    """Makes a training step take one second on the trainer's clock, so ``time_limit=k`` stops a
+    run after exactly ``k`` steps of that ``fit`` call."""
+    import flowsuite.core.trainer as trainer_module
+
+    clock = _Clock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    return clock

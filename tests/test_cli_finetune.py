@@ -206,6 +206,20 @@ def test_vocoder_fine_tuning_starts_from_the_model_and_resumes(vocoder, tmp_path
     assert last["step"] == 2
 
 
+def test_vocoder_time_limit_checkpoints_and_resume_finishes(vocoder, tmp_path, step_clock):
+    data, base = vocoder
+    out = tmp_path / "ft"
+    args = ["finetune", "music", "--part", "vocoder", "--from", base, "--data", data, "--out", out,
+            "--steps", 4, *TINY_VOC]
+    r = _run(*args, "--time-limit", "2s")
+    assert r.exit_code == 3 and "Traceback" not in r.output, r.output
+    assert "time limit reached: stopped at step 2" in r.output
+    assert not (out / "model.safetensors").exists()
+    r = _run(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(out / "model.safetensors").user["step"] == "4"
+
+
 def test_vocoder_bad_inputs_are_one_line_errors(vocoder, pointflow, tmp_path):
     data, _ = vocoder
     ft = ["finetune", "music", "--part", "vocoder", "--data", data, "--out", tmp_path / "a",

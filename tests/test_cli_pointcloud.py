@@ -77,6 +77,33 @@ def test_resume_continues_the_run(trained, tmp_path, error_line):
         "chair", "table"]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(trained, tmp_path, step_clock):
+    data, _ = trained
+    run = tmp_path / "run"
+    args = ["train", "pointcloud", "--data", data, "--out", run, "--steps", 12, "--batch-size", 4,
+            "--points-per-shape", 128, "--preset", "tiny", "--device", "cpu"]
+    r = _run(*args, "--time-limit", "5s")
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    line = [ln for ln in r.output.splitlines() if ln.startswith("time limit reached")]
+    assert line == [f"time limit reached: stopped at step 5; the checkpoint is in {run / 'last'}"
+                    "; run the same command with --resume to continue"]
+    assert not (run / "model.safetensors").exists() and (run / "last").is_dir()
+    r = _run(*args, "--resume", "--time-limit", "1h")
+    assert r.exit_code == 0, r.output
+    assert read_metadata(run / "model.safetensors").user["step"] == "12"
+
+
+@pytest.mark.parametrize("value", ["0", "-5m", "soon", "1h1"])
+def test_a_bad_time_limit_is_refused_before_training(trained, tmp_path, value):
+    data, _ = trained
+    r = _run("train", "pointcloud", "--data", data, "--out", tmp_path / "run", "--steps", 2,
+             "--preset", "tiny", "--device", "cpu", "--time-limit", value)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "--time-limit" in r.output and "duration" in r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_sample_writes_numbered_ply_files_in_data_coordinates(trained, tmp_path):
     _, run = trained
     out = tmp_path / "chair.ply"

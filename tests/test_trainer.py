@@ -363,6 +363,32 @@ def test_keyboard_interrupt_inside_a_step_saves_the_last_finished_step(tmp_path)
     _assert_same_weights(straight, run)
 
 
+def test_time_limit_checkpoints_and_a_resumed_run_ends_the_same(tmp_path, step_clock, caplog):
+    straight = _straight(tmp_path)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="flowsuite.core.trainer"):
+        summary = Trainer(Gaussian(noise=0.1), Points(jitter=0.05), cfg(**RESUME_CFG),
+                          val_set=Points(32, seed=2), out_dir=run).fit(time_limit=7)
+    # The clock reads 1, 2, ... after steps 0, 1, ...: the limit is seen during step 6.
+    assert not summary.finished and summary.step == 7 and summary.model_path is None
+    assert "time limit reached at step 7 of 24" in caplog.text
+    assert torch.load(run / "last" / "state.pt", weights_only=True)["step"] == 7
+    assert not (run / "model.safetensors").exists()
+    # A second sitting with a limit it does not reach finishes the run.
+    summary = Trainer(Gaussian(noise=0.1), Points(jitter=0.05), cfg(**RESUME_CFG),
+                      val_set=Points(32, seed=2), out_dir=run).fit(resume=True, time_limit=1e6)
+    assert summary.finished and summary.resumed_from == 7 and summary.step == 24
+    _assert_same_weights(straight, run)
+
+
+@pytest.mark.parametrize("limit", [0, -1.0, math.inf, math.nan])
+def test_time_limit_must_be_positive_and_finite(tmp_path, limit):
+    with pytest.raises(FlowsuiteError, match="time_limit"):
+        Trainer(Gaussian(), Points(), cfg(), out_dir=tmp_path / "r").fit(time_limit=limit)
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_existing_run_is_never_overwritten(tmp_path):
     data = TensorDataset(torch.randn(64, 2))
     Trainer(Gaussian(), data, cfg(steps=5), out_dir=tmp_path).fit()
