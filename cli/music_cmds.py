@@ -56,11 +56,17 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mixture", type=int, default=None,
+              help="Components of each step's latent mixture (0: one normal; default: the "
+                   "preset's, or --init's).")
+@click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
+              help="Start from the weights of a trained prior (run folder or model file); its "
+                   "statistics and styles are kept and new parts (--mixture) start fresh.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
-                    segment_frames: int, lr: float, device: str, seed: int,
-                    resume: bool) -> None:
+                    segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
+                    init_path: Path | None, resume: bool) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
     from flowsuite.data.music import MANIFEST
@@ -71,7 +77,14 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         raise FlowsuiteError(f"audio folder {data_dir} does not exist or is not a folder")
     if segment_frames < 2:
         raise FlowsuiteError(f"--segment-frames must be at least 2, not {segment_frames}")
+    if mixture is not None and (mixture < 0 or mixture == 1):
+        raise FlowsuiteError(f"--mixture must be 0 or at least 2 components, not {mixture}")
     dev = resolve_device(device)
+    source = None
+    if init_path is not None:
+        from flowsuite.core.checkpoint import load_model
+
+        source = load_model(model_file(init_path), expected="mel-prior")
     saved = _resume_config(out_dir) if resume else None
     is_set = (data_dir / MANIFEST).is_file()
     corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
@@ -83,10 +96,14 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
+    extra = {} if mixture is None else {"mixture": mixture}
     if saved is not None:
         model = MelPrior(**saved)
+    elif source is not None:
+        model = MelPrior.from_trained(source, **extra)
     else:
-        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats())
+        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats(),
+                                     **extra)
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                          warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,
