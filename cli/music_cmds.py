@@ -132,7 +132,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               help="Length of the music, 1 s to 10 min.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--temperature", type=float, default=0.5, show_default=True,
-              help="Prior temperature (0 = its most likely mel; 1 = untempered).")
+              help="Prior temperature: scales each step's latent noise (1 = untempered; 0 = no "
+                   "noise: with a mixture prior, the chosen component's mean).")
 @click.option("--sigma", type=float, default=0.6, show_default=True,
               help="Vocoder latent noise scale.")
 @click.option("--style", default=None, help="A style the prior knows (e.g. chorale, folk, "

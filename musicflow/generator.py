@@ -118,10 +118,11 @@ class MusicGenerator:
     def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
                chunk_frames: int = 256) -> np.ndarray:
         """Audio float32 ``(samples,)`` from a log-mel ``(n_mel, F)``, synthesised in chunks of
-        ``chunk_frames`` frames (bounded memory; Griffin-Lim uses chunks of 2048 frames)."""
+        ``chunk_frames`` frames (bounded memory; Griffin-Lim uses chunks of 2048 frames). Where
+        the mel covers fewer than ``samples`` samples, the rest is silence."""
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
-        out = np.empty(samples, dtype=np.float32)
+        out = np.zeros(samples, dtype=np.float32)
         at = 0
         if isinstance(self.vocoder, GriffinLimVocoder):
             chunk_frames = max(chunk_frames, 2048)  # fewer seams; a chunk is cheap to hold
