@@ -14,6 +14,7 @@ import torch
 from flowsuite.cli.common import config_option, model_file, resolve_device, run_warmup
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -131,7 +132,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--seconds", type=float, default=10.0, show_default=True,
               help="Length of the music, 1 s to 10 min.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=float, default=0.5, show_default=True,
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
               help="Prior temperature: scales each step's latent noise (1 = untempered; 0 = no "
                    "noise: with a mixture prior, the chosen component's mean).")
 @click.option("--sigma", type=float, default=0.6, show_default=True,
@@ -224,7 +225,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 @click.option("--count", type=int, default=8, show_default=True,
               help="Clips per system (the held-out side uses twice as many).")
 @click.option("--seconds", type=float, default=6.0, show_default=True, help="Seconds per clip.")
-@click.option("--temperature", type=float, default=0.5, show_default=True)
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")

@@ -16,7 +16,7 @@ import torch
 from flowsuite.core.checkpoint import load_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import GriffinLimVocoder
-from flowsuite.musicflow.prior import MAX_SECONDS, MelPrior
+from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE, MAX_SECONDS, MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
 # The name that picks the Griffin-Lim vocoder (no weights) instead of a WaveGlow file.
@@ -104,7 +104,7 @@ class MusicGenerator:
             return self.vocoder.mel(x.to(self.vocoder.mel.window.device))
 
     @torch.no_grad()
-    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                      style: str | None = None, prime_audio: np.ndarray | None = None
                      ) -> torch.Tensor:
         """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``)."""
@@ -134,7 +134,7 @@ class MusicGenerator:
                 break
         return out
 
-    def generate(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+    def generate(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                  sigma: float = 0.6, style: str | None = None,
                  prime_audio: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with

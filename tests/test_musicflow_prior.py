@@ -132,7 +132,7 @@ def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture):
 
 def test_chunking_and_continuing_a_stream_change_nothing():
     model = _tiny().eval()
-    whole = model.sample(20, seed=5)
+    whole = model.sample(20, seed=5, temperature=0.5)
     g = torch.Generator().manual_seed(5)
     state = model.initial_state(1, generator=g)
     first = [(m, s) for m, _, s in model.stream(8, state, 0.5, g, chunk_steps=1)]
@@ -450,6 +450,29 @@ def test_context_noise_is_seeded_and_samples_stay_above_the_log_floor():
     assert out.min() >= math.log(CLAMP) - 1e-5
     with pytest.raises(ValueError):
         MelPrior(n_mel=8, context_noise=-1.0)
+
+
+def test_gen_music_and_the_api_sample_at_the_measured_default_temperature(models, tmp_path,
+                                                                          monkeypatch):
+    """0.9, not 0.5: see DEFAULT_TEMPERATURE. The command, the API and the prior agree."""
+    from flowsuite.musicflow import prior as prior_module
+    from flowsuite.musicflow.generator import MusicGenerator
+
+    assert prior_module.DEFAULT_TEMPERATURE == 0.9
+    seen = []
+    real = MelPrior.sample
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("temperature"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(MelPrior, "sample", spy)
+    run, _ = models
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                "--out", tmp_path / "a.wav", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    MusicGenerator.from_pretrained(run / "model.safetensors", "griffin-lim").generate(1.0)
+    assert seen == [0.9, 0.9]
 
 
 def test_vocode_pads_a_short_mel_with_silence(models):
