@@ -46,10 +46,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 MAX_SECONDS = 600.0
 
-# The sampling temperature of `gen music`, `gen eval music` and the API. Every trained prior
-# measured (bench/prior_onsets.py, BENCHMARKS.md "Why the prior drones") is closer to held-out
-# music at 0.9 than at 0.5 on log-mel, chroma and rhythm distances, and its onset rate nears the
-# held-out one; at 0.5 the single-Gaussian prior makes no onsets at all.
+# The sampling temperature of `gen music`, `gen eval music` and the API (bench/prior_onsets.py,
+# BENCHMARKS.md "Why the prior drones"): the mixture prior is closer to held-out music at 0.9
+# than at 0.5 on log-mel, chroma and rhythm distances and its onset rate nears the held-out one;
+# the single-normal prior is closer on log-mel and chroma, and makes almost no onsets at 0.5.
 DEFAULT_TEMPERATURE = 0.9
 
 
