@@ -12,6 +12,9 @@ embedding when the model knows styles::
 Each step's flow (data to latent) is a context-only affine map (the GRU's prediction of the
 mean and scale of ``x_t``) followed by ``n_flows`` steps of ActNorm, an invertible linear map and
 a coupling (affine or rational-quadratic spline) whose MLP conditioner reads the context.
+The latent is a standard normal, or with ``mixture=K`` a :class:`ContextMixture` of K normals
+that the context weighs, so that a step can choose between a held note and a new one (a single
+tempered normal cannot: its samples drone).
 Training is teacher-forced: the GRU reads the true sequence in one call and the flow runs on
 every step at once. Sampling streams: only the GRU's hidden state ``(layers, B, hidden)`` is
 carried from step to step, so any length runs in bounded memory.
