@@ -21,6 +21,7 @@ from flowsuite.cli.common import (
 )
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -63,12 +64,18 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mixture", type=int, default=None,
+              help="Components of each step's latent mixture (0: one normal; default: the "
+                   "preset's, or --init's).")
+@click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
+              help="Start from the weights of a trained prior (run folder or model file); its "
+                   "statistics and styles are kept and new parts (--mixture) start fresh.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @time_limit_option
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
-                    segment_frames: int, lr: float, device: str, seed: int,
-                    resume: bool, time_limit: float | None) -> None:
+                    segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
+                    init_path: Path | None, resume: bool, time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
     from flowsuite.data.music import MANIFEST
@@ -79,7 +86,14 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         raise FlowsuiteError(f"audio folder {data_dir} does not exist or is not a folder")
     if segment_frames < 2:
         raise FlowsuiteError(f"--segment-frames must be at least 2, not {segment_frames}")
+    if mixture is not None and (mixture < 0 or mixture == 1):
+        raise FlowsuiteError(f"--mixture must be 0 or at least 2 components, not {mixture}")
     dev = resolve_device(device)
+    source = None
+    if init_path is not None:
+        from flowsuite.core.checkpoint import load_model
+
+        source = load_model(model_file(init_path), expected="mel-prior")
     saved = _resume_config(out_dir) if resume else None
     is_set = (data_dir / MANIFEST).is_file()
     corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
@@ -91,10 +105,14 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
+    extra = {} if mixture is None else {"mixture": mixture}
     if saved is not None:
         model = MelPrior(**saved)
+    elif source is not None:
+        model = MelPrior.from_trained(source, **extra)
     else:
-        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats())
+        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats(),
+                                     **extra)
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                          warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,
@@ -123,8 +141,9 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--seconds", type=float, default=10.0, show_default=True,
               help="Length of the music, 1 s to 10 min.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=float, default=0.5, show_default=True,
-              help="Prior temperature (0 = its most likely mel; 1 = untempered).")
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
+              help="Prior temperature: scales each step's latent noise (1 = untempered; 0 = no "
+                   "noise: with a mixture prior, the chosen component's mean).")
 @click.option("--sigma", type=float, default=0.6, show_default=True,
               help="Vocoder latent noise scale.")
 @click.option("--style", default=None, help="A style the prior knows (e.g. chorale, folk, "
@@ -215,7 +234,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 @click.option("--count", type=int, default=8, show_default=True,
               help="Clips per system (the held-out side uses twice as many).")
 @click.option("--seconds", type=float, default=6.0, show_default=True, help="Seconds per clip.")
-@click.option("--temperature", type=float, default=0.5, show_default=True)
+@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")

@@ -16,7 +16,7 @@ import torch
 from flowsuite.core.checkpoint import load_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import GriffinLimVocoder
-from flowsuite.musicflow.prior import MAX_SECONDS, MelPrior
+from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE, MAX_SECONDS, MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
 # The name that picks the Griffin-Lim vocoder (no weights) instead of a WaveGlow file.
@@ -104,7 +104,7 @@ class MusicGenerator:
             return self.vocoder.mel(x.to(self.vocoder.mel.window.device))
 
     @torch.no_grad()
-    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                      style: str | None = None, prime_audio: np.ndarray | None = None
                      ) -> torch.Tensor:
         """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``)."""
@@ -118,10 +118,11 @@ class MusicGenerator:
     def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
                chunk_frames: int = 256) -> np.ndarray:
         """Audio float32 ``(samples,)`` from a log-mel ``(n_mel, F)``, synthesised in chunks of
-        ``chunk_frames`` frames (bounded memory; Griffin-Lim uses chunks of 2048 frames)."""
+        ``chunk_frames`` frames (bounded memory; Griffin-Lim uses chunks of 2048 frames). Where
+        the mel covers fewer than ``samples`` samples, the rest is silence."""
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
-        out = np.empty(samples, dtype=np.float32)
+        out = np.zeros(samples, dtype=np.float32)
         at = 0
         if isinstance(self.vocoder, GriffinLimVocoder):
             chunk_frames = max(chunk_frames, 2048)  # fewer seams; a chunk is cheap to hold
@@ -133,7 +134,7 @@ class MusicGenerator:
                 break
         return out
 
-    def generate(self, seconds: float, seed: int = 0, temperature: float = 0.5,
+    def generate(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                  sigma: float = 0.6, style: str | None = None,
                  prime_audio: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with

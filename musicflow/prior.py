@@ -12,6 +12,9 @@ embedding when the model knows styles::
 Each step's flow (data to latent) is a context-only affine map (the GRU's prediction of the
 mean and scale of ``x_t``) followed by ``n_flows`` steps of ActNorm, an invertible linear map and
 a coupling (affine or rational-quadratic spline) whose MLP conditioner reads the context.
+The latent is a standard normal, or with ``mixture=K`` a :class:`ContextMixture` of K normals
+that the context weighs, so that a step can choose between a held note and a new one (a single
+tempered normal cannot: its samples drone).
 Training is teacher-forced: the GRU reads the true sequence in one call and the flow runs on
 every step at once. Sampling streams: only the GRU's hidden state ``(layers, B, hidden)`` is
 carried from step to step, so any length runs in bounded memory.
@@ -33,6 +36,8 @@ from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
 
+_LOG_2PI = math.log(2 * math.pi)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The shipped size; see BENCHMARKS.md ("Mel prior") for the comparison behind it.
     "small": dict(block=4, hidden=256, rnn_layers=1, n_flows=4, flow_hidden=[256, 256],
@@ -43,6 +48,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 MAX_SECONDS = 600.0
+
+# The sampling temperature of `gen music`, `gen eval music` and the API (bench/prior_onsets.py,
+# BENCHMARKS.md "Why the prior drones"): the mixture prior is closer to held-out music at 0.9
+# than at 0.5 on log-mel, chroma and rhythm distances and its onset rate nears the held-out one;
+# the single-normal prior is closer on log-mel and chroma, and makes almost no onsets at 0.5.
+DEFAULT_TEMPERATURE = 0.9
 
 
 class ContextAffine(Bijection):
@@ -73,6 +84,59 @@ class ContextAffine(Bijection):
         return x, logdet_sum(ld)
 
 
+class ContextMixture(nn.Module):
+    """The latent's distribution given the context: a mixture of ``components`` diagonal normals
+    whose weights, means and scales come from the context (an MLP), so a step can choose between
+    distinct kinds of continuation (a held note, a new note) instead of spreading one Gaussian
+    over both.
+
+    The last layer of the MLP starts at zero and each component's mean gets a small fixed-seed
+    offset: at initialisation the mixture is nearly ``N(0, I)``, so a trained single-Gaussian
+    prior's weights are a good start, and the components can move apart. Sampling draws the
+    component from the untempered weights and scales only the deviation within it by the
+    temperature, so a low temperature cleans each step without ruling out note changes.
+
+    ``z: (B, features)``, ``context: (B, context_features)``.
+    """
+
+    def __init__(self, features: int, context_features: int, components: int,
+                 hidden: Sequence[int] = (256,), scale_bound: float = 3.0, spread: float = 0.05):
+        super().__init__()
+        if components < 2:
+            raise ValueError(f"a mixture needs at least 2 components, got {components}")
+        self.features, self.components, self.scale_bound = features, components, scale_bound
+        self.net = MLP(context_features, components * (2 * features + 1), hidden=hidden)
+        offsets = torch.randn(components, features, generator=torch.Generator().manual_seed(0))
+        self.loc = nn.Parameter(spread * offsets)
+
+    def params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-weights ``(B, K)``, means ``(B, K, features)`` and log-scales ``(B, K, features)``
+        (softly bounded to ``[-scale_bound, scale_bound]``)."""
+        k, d = self.components, self.features
+        out = self.net(context)
+        logits, rest = out[:, :k], out[:, k:].unflatten(-1, (k, 2, d))
+        log_scale = torch.tanh(rest[:, :, 1] / self.scale_bound) * self.scale_bound
+        return torch.log_softmax(logits, -1), rest[:, :, 0] + self.loc, log_scale
+
+    def log_prob(self, z: Tensor, context: Tensor) -> Tensor:
+        """``log p(z | context)`` ``(B,)``."""
+        logw, mean, log_scale = self.params(context)
+        u = (z[:, None] - mean) * torch.exp(-log_scale)
+        comp = -0.5 * (u * u).sum(-1) - log_scale.sum(-1) - 0.5 * self.features * _LOG_2PI
+        return torch.logsumexp(logw + comp, dim=-1)
+
+    def sample(self, context: Tensor, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> Tensor:
+        """``z (B, features)``: a component per row from the weights, then its mean plus its
+        scale times ``temperature`` times standard normal noise."""
+        logw, mean, log_scale = self.params(context)
+        pick = torch.multinomial(logw.exp(), 1, generator=generator)[:, 0]
+        rows = torch.arange(context.shape[0], device=context.device)
+        eps = torch.randn(mean.shape[0], self.features, generator=generator,
+                          device=context.device, dtype=mean.dtype)
+        return mean[rows, pick] + torch.exp(log_scale[rows, pick]) * eps * temperature
+
+
 @dataclass
 class PriorState:
     """Where a stream stands: the GRU's hidden state ``(rnn_layers, B, hidden)`` after reading
@@ -101,6 +165,9 @@ class MelPrior(Configurable, nn.Module):
             in training and in sampling alike. Without it a teacher-forced model learns to copy
             the frame before (successive frames of a held note are nearly equal) and samples a
             drone; blurring the past makes it model how music moves on. 0 turns it off.
+        mixture: components of the latent's distribution given the context (a
+            :class:`ContextMixture`, so a step can choose a held note or a new one); 0 keeps
+            the standard normal of the first shipped prior.
         sample_rate, hop: the mel front end the spectrograms come from.
     """
 
@@ -109,7 +176,7 @@ class MelPrior(Configurable, nn.Module):
                  coupling: str = "affine", styles: Sequence[str] = (), style_dim: int = 16,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
-                 context_noise: float = 0.0):
+                 context_noise: float = 0.0, mixture: int = 0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -121,6 +188,8 @@ class MelPrior(Configurable, nn.Module):
         self.context_noise = float(context_noise)
         if self.noise < 0 or self.context_noise < 0:
             raise ValueError("noise and context_noise must not be negative")
+        if mixture < 0 or mixture == 1:
+            raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         self.features = d = block * n_mel
         f32 = torch.float32
         mean_t = torch.zeros(n_mel) if mean is None else torch.tensor(list(mean), dtype=f32)
@@ -141,6 +210,7 @@ class MelPrior(Configurable, nn.Module):
                  else nsf(d, n_flows, hid, context_features=ctx, mixing="linear"))
         self.flow = Flow(Compose(ContextAffine(d, ctx, hid[:1]), steps.bijection),
                          StandardNormal(d))
+        self.mixture = ContextMixture(d, ctx, mixture, hid[:1]) if mixture else None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
@@ -148,6 +218,23 @@ class MelPrior(Configurable, nn.Module):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_trained(cls, source: MelPrior, **overrides: Any) -> MelPrior:
+        """A model of ``source``'s config with ``overrides``, holding ``source``'s weights
+        wherever a part exists in both (e.g. a trained prior given a :class:`ContextMixture`:
+        the new mixture keeps its initialisation). Raises ``FlowsuiteError`` when a shared
+        weight's shape differs (a change of size cannot start from the trained weights)."""
+        model = cls(**{**source.config, **overrides})
+        own = model.state_dict()
+        theirs = source.state_dict()
+        for name, value in theirs.items():
+            if name in own and own[name].shape != value.shape:
+                raise FlowsuiteError(f"cannot start from the trained prior: its {name} is "
+                                     f"{tuple(value.shape)}, the new model's "
+                                     f"{tuple(own[name].shape)}")
+        model.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
+        return model.to(source.start.device)
 
     @property
     def frames_per_second(self) -> float:
@@ -242,8 +329,27 @@ class MelPrior(Configurable, nn.Module):
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), past], dim=1)
         out, _ = self.rnn(inputs)
         ctx = self._context(out, style).reshape(b * t, -1)
-        lp = self.flow.log_prob(steps.reshape(b * t, d), ctx)
+        lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
         return lp.view(b, t).sum(1)
+
+    def step_log_prob(self, x: Tensor, context: Tensor) -> Tensor:
+        """``log p(x_t | c_t)`` ``(N,)`` of normalised steps ``(N, block * n_mel)`` given their
+        contexts ``(N, context)``."""
+        if self.mixture is None:
+            return self.flow.log_prob(x, context)
+        z, logdet = self.flow.bijection(x, context)
+        return self.mixture.log_prob(z, context) + logdet
+
+    def sample_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """A normalised step ``(N, block * n_mel)`` per context row ``(N, context)`` and its
+        untempered log-density ``(N,)``."""
+        if self.mixture is None:
+            return self.flow.sample_and_log_prob(context=context, temperature=temperature,
+                                                 generator=generator)
+        z = self.mixture.sample(context, temperature, generator)
+        x, logdet_inv = self.flow.bijection.inverse(z, context)
+        return x, self.mixture.log_prob(z, context) - logdet_inv
 
     def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None) -> Tensor:
         """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
@@ -298,13 +404,12 @@ class MelPrior(Configurable, nn.Module):
         _, hidden = self.rnn(inputs)
         return PriorState(hidden, labels)
 
-    def step(self, state: PriorState, temperature: float = 0.5,
+    def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
         """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
         The log-density is the untempered model's, of the normalised step."""
         ctx = self._context(state.hidden[-1], state.style)
-        x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
-                                              generator=generator)
+        x, lp = self.sample_step(ctx, temperature, generator)
         # A log-mel is never below log(CLAMP) (the front end clamps it there); a sample that
         # falls below is lifted to it before the recurrence reads it, so a stray value cannot
         # drive the following steps off the data (the density is that of the raw sample).
@@ -317,7 +422,7 @@ class MelPrior(Configurable, nn.Module):
         return x, lp, PriorState(hidden, state.style)
 
     @torch.no_grad()
-    def stream(self, frames: int, state: PriorState, temperature: float = 0.5,
+    def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
                generator: torch.Generator | None = None, chunk_steps: int = 64
                ) -> Iterator[tuple[Tensor, Tensor, PriorState]]:
         """Samples ``frames`` frames from ``state`` and yields ``(mel chunk (B, n_mel, f),
@@ -343,9 +448,10 @@ class MelPrior(Configurable, nn.Module):
             yield mel[..., :keep], lp, state
 
     @torch.no_grad()
-    def sample(self, frames: int, style: str | int | None = None, temperature: float = 0.5,
-               seed: int | None = None, generator: torch.Generator | None = None,
-               prime: Tensor | None = None, batch: int = 1) -> Tensor:
+    def sample(self, frames: int, style: str | int | None = None,
+               temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
+               generator: torch.Generator | None = None, prime: Tensor | None = None,
+               batch: int = 1) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel

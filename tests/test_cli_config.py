@@ -89,3 +89,13 @@ def test_config_option_serves_any_command(tmp_path):
     cfg.write_text('width = 3\nname = "b"\n')
     assert CliRunner().invoke(tool, ["--config", str(cfg), "--name", "c"]).output == "3 c\n"
     assert CliRunner().invoke(tool, []).output == "1 a\n"
+
+
+def test_the_mixture_prior_recipe_fits_gen_train_prior(tmp_path):
+    path = ROOT / "recipes" / "prior-mixture.toml"
+    p = _params("prior", "--config", path, "--data", tmp_path, "--out", tmp_path / "run",
+                "--init", tmp_path / "prior")
+    assert p["mixture"] == 8 and p["preset"] == "small" and p["steps"] > 1000
+    text = path.read_text()
+    assert "gen train prior --config recipes/prior.toml" in text  # the stage it starts from
+    assert "--config recipes/prior-mixture.toml" in text and "--init runs/prior" in text

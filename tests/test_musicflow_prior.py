@@ -17,7 +17,7 @@ from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
 from flowsuite.musicflow.mel import MelSpectrogram
 from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
-from flowsuite.musicflow.prior import MelPrior
+from flowsuite.musicflow.prior import ContextMixture, MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
 SR = 22050
@@ -116,10 +116,11 @@ def test_shapes_loss_and_style_labels():
         _tiny().sample(4, style="a")
 
 
-def test_streamed_sampling_density_equals_the_teacher_forced_one():
+@pytest.mark.parametrize("mixture", [0, 3])
+def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture):
     """The GRU run step by step while sampling and over the whole sequence in training give the
     same contexts: the sampler's log-density of its output is the batch log_prob."""
-    model = _tiny(styles=["a", "b"]).eval()
+    model = _tiny(styles=["a", "b"], mixture=mixture).eval()
     g = torch.Generator().manual_seed(3)
     state = model.initial_state(2, "b", generator=g)
     parts = list(model.stream(14, state, temperature=0.8, generator=g, chunk_steps=3))
@@ -131,7 +132,7 @@ def test_streamed_sampling_density_equals_the_teacher_forced_one():
 
 def test_chunking_and_continuing_a_stream_change_nothing():
     model = _tiny().eval()
-    whole = model.sample(20, seed=5)
+    whole = model.sample(20, seed=5, temperature=0.5)
     g = torch.Generator().manual_seed(5)
     state = model.initial_state(1, generator=g)
     first = [(m, s) for m, _, s in model.stream(8, state, 0.5, g, chunk_steps=1)]
@@ -163,6 +164,55 @@ def test_long_generation_carries_a_fixed_size_state():
         sizes.add(tuple(state.hidden.shape))
         widths.add(mel.shape[-1])
     assert sizes == {(1, 1, 12)} and max(widths) == 32  # 16 steps of 2 frames at most
+
+
+def test_context_mixture_density_matches_torch_distributions():
+    torch.manual_seed(0)
+    mix = ContextMixture(5, 4, components=3, hidden=[8]).double()
+    with torch.no_grad():
+        for p in mix.net.parameters():
+            p.normal_(0, 0.3)  # away from the zero start, so weights and scales vary
+    ctx, z = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    logw, mean, log_scale = mix.params(ctx)
+    want = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logw),
+        torch.distributions.Independent(torch.distributions.Normal(mean, log_scale.exp()), 1))
+    assert torch.allclose(mix.log_prob(z, ctx), want.log_prob(z))
+    with pytest.raises(ValueError, match="at least 2"):
+        ContextMixture(5, 4, components=1)
+
+
+def test_a_low_temperature_keeps_the_mixture_components_but_tempers_within_them():
+    """The point of the mixture: at temperature 0.1 a single normal collapses onto its mean, the
+    mixture still picks each component as often as its weight says."""
+    mix = ContextMixture(2, 3, components=2, hidden=[4])
+    with torch.no_grad():
+        mix.loc.copy_(torch.tensor([[-3.0, -3.0], [3.0, 3.0]]))
+    g = torch.Generator().manual_seed(0)
+    z = mix.sample(torch.zeros(4000, 3), temperature=0.1, generator=g)
+    right = z[:, 0] > 0
+    assert 0.45 < right.float().mean() < 0.55  # equal weights at the zero start
+    assert (z[right] - 3).abs().max() < 0.6 and (z[~right] + 3).abs().max() < 0.6
+    assert torch.equal(mix.sample(torch.zeros(5, 3), 0.0, torch.Generator().manual_seed(1))
+                       .abs(), torch.full((5, 2), 3.0))
+
+
+def test_from_trained_keeps_the_weights_and_adds_a_fresh_mixture():
+    source = _tiny(styles=["a"]).eval()
+    mel = torch.randn(2, 8, 6)
+    same = MelPrior.from_trained(source).eval()
+    mixed = MelPrior.from_trained(source, mixture=4).eval()
+    assert mixed.config["mixture"] == 4 and mixed.mixture is not None
+    with torch.no_grad():
+        assert torch.equal(same.log_prob(mel, "a"), source.log_prob(mel, "a"))
+        assert torch.equal(mixed.rnn.weight_hh_l0, source.rnn.weight_hh_l0)
+        # the fresh mixture starts close to the standard normal it replaces
+        gap = (mixed.log_prob(mel, "a") - source.log_prob(mel, "a")).abs() / mel[0].numel()
+        assert gap.max() < 0.05
+    with pytest.raises(FlowsuiteError, match="rnn"):
+        MelPrior.from_trained(source, hidden=20)
+    with pytest.raises(ValueError, match="mixture"):
+        _tiny(mixture=1)
 
 
 def test_checkpoint_keeps_statistics_and_styles(tmp_path):
@@ -203,6 +253,22 @@ def test_train_prior_takes_styles_from_the_manifest_and_resumes(models, music_se
     assert r.exit_code == 0 and "trained 5 steps" in r.output, r.output
     steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 5
+
+
+def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_path):
+    run, voc = models
+    source = load_model(run / "model.safetensors", expected="mel-prior")
+    args = ("train", "prior", "--data", music_set, "--steps", 2, "--batch-size", 2,
+            "--segment-frames", 16, "--device", "cpu")
+    r = _invoke(*args, "--out", tmp_path / "mix", "--init", run, "--mixture", 2)
+    assert r.exit_code == 0, r.output
+    model = load_model(tmp_path / "mix" / "model.safetensors", expected="mel-prior")
+    assert model.config["mixture"] == 2 and model.block == source.block == 2
+    assert model.config["mean"] == source.config["mean"] and model.styles == source.styles
+    assert model.sample(6, seed=0).shape == (1, 80, 6)
+    _fails(_invoke(*args, "--out", tmp_path / "m1", "--mixture", 1), "--mixture", "1")
+    _fails(_invoke(*args, "--out", tmp_path / "m2", "--init", voc), "waveglow")
+    _fails(_invoke(*args, "--out", tmp_path / "m3", "--init", tmp_path / "none"))
 
 
 def test_train_prior_on_a_plain_folder_has_no_styles(tmp_path):
@@ -384,6 +450,43 @@ def test_context_noise_is_seeded_and_samples_stay_above_the_log_floor():
     assert out.min() >= math.log(CLAMP) - 1e-5
     with pytest.raises(ValueError):
         MelPrior(n_mel=8, context_noise=-1.0)
+
+
+def test_gen_music_and_the_api_sample_at_the_measured_default_temperature(models, tmp_path,
+                                                                          monkeypatch):
+    """0.9, not 0.5: see DEFAULT_TEMPERATURE. The command, the API and the prior agree."""
+    from flowsuite.musicflow import prior as prior_module
+    from flowsuite.musicflow.generator import MusicGenerator
+
+    assert prior_module.DEFAULT_TEMPERATURE == 0.9
+    seen = []
+    real = MelPrior.sample
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("temperature"))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(MelPrior, "sample", spy)
+    run, _ = models
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                "--out", tmp_path / "a.wav", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    MusicGenerator.from_pretrained(run / "model.safetensors", "griffin-lim").generate(1.0)
+    assert seen == [0.9, 0.9]
+
+
+def test_vocode_pads_a_short_mel_with_silence(models):
+    """A mel of F frames gives F * hop samples; asking for more leaves silence, never whatever
+    the memory held."""
+    from flowsuite.musicflow.generator import MusicGenerator
+
+    run, _ = models
+    gen = MusicGenerator.from_pretrained(run / "model.safetensors", "griffin-lim")
+    for _ in range(3):  # fresh buffers may be zero by luck; reused ones are not
+        garbage = np.full(5000, 1e19, np.float32)
+        del garbage
+        audio = gen.vocode(torch.full((80, 10), -4.0), 10 * 256 + 300)
+        assert np.all(audio[10 * 256:] == 0) and np.abs(audio).max() < 10
 
 
 def test_griffin_lim_vocoder_streams_in_cross_faded_chunks():
