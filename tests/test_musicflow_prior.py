@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -255,6 +256,29 @@ def test_train_prior_takes_styles_from_the_manifest_and_resumes(models, music_se
     assert max(steps) == 5
 
 
+def test_train_prior_time_limit_and_the_shared_deadline_of_both_parts(models, music_set,
+                                                                     tmp_path, step_clock):
+    run, voc = models
+    args = ("train", "prior", "--data", music_set, "--out", tmp_path / "p", "--preset", "tiny",
+            "--steps", 4, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu")
+    r = _invoke(*args, "--time-limit", "2s")
+    assert r.exit_code == 3 and "time limit reached: stopped at step 2" in r.output, r.output
+    assert not (tmp_path / "p" / "model.safetensors").exists()
+    r = _invoke(*args, "--resume")
+    assert r.exit_code == 0 and "trained 4 steps" in r.output, r.output
+    # --part both: the prior part stops at the limit and the vocoder part does not start.
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copy(run / "model.safetensors", start / "prior.safetensors")
+    shutil.copy(voc, start / "vocoder.safetensors")
+    out = tmp_path / "both"
+    r = _invoke("finetune", "music", "--part", "both", "--from", start, "--data", music_set,
+                "--out", out, "--steps", 4, "--batch-size", 2, "--segment-frames", 16,
+                "--segment", 1024, "--device", "cpu", "--time-limit", "3s")
+    assert r.exit_code == 3 and "time limit reached" in r.output, r.output
+    assert (out / "prior" / "last").is_dir() and not (out / "vocoder").exists()
+
+
 def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_path):
     run, voc = models
     source = load_model(run / "model.safetensors", expected="mel-prior")
@@ -377,8 +401,6 @@ def test_music_generator_api(models):
 
 
 def test_finetune_prior_and_both_start_from_the_given_models(music_set, models, tmp_path):
-    import shutil
-
     from flowsuite.core.checkpoint import read_metadata
 
     prior_run, voc = models
