@@ -372,7 +372,6 @@ class Trainer:
         self._consecutive_skips = 0
         self._stop_requested = False
         self._deadline: float | None = None
-        self._timed_out = False
         self._last_val: dict[str, float] = {}
         self._rng_at_step_start: dict[str, Any] | None = None
 
@@ -450,7 +449,6 @@ class Trainer:
             raise FlowsuiteError(f"time_limit must be a positive number of seconds, not "
                                  f"{time_limit!r}")
         self._deadline = None if time_limit is None else time.monotonic() + time_limit
-        self._timed_out = False
         cfg = self.config
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -561,6 +559,7 @@ class Trainer:
                    else (None if cfg.progress is None else False))
         window = _Window()
         final_loss = None
+        timed_out = False
         try:
             for batch in loader:
                 self._rng_at_step_start = rng_state()
@@ -605,7 +604,7 @@ class Trainer:
                     self._stop_requested = True
                     break
                 if late and self.step < cfg.steps:
-                    self._timed_out = True
+                    timed_out = True
                     break
         except KeyboardInterrupt:
             # Raised inside a step (not through the deferred handler): the weights are those of
@@ -626,7 +625,7 @@ class Trainer:
                 log.warning("stopped at step %d; checkpoint saved in %s; resume with "
                             "resume=True", self.step, self.last_dir)
             raise KeyboardInterrupt
-        if self._timed_out:
+        if timed_out:
             if self.step % cfg.ckpt_every:
                 self._save_checkpoint()
             if dist.is_main:
