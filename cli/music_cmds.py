@@ -244,8 +244,9 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, sigma: float, json_path: Path | None,
                device: str, seed: int, force: bool) -> None:
-    """Distances between generated and held-out music, beside shaped noise and the ideal
-    (held-out clips against other held-out clips); lower is closer."""
+    """Distances between generated and held-out music, beside shaped noise, the ideal
+    (held-out clips against other held-out clips) and those clips vocoded from their mels (the
+    best the prior could do with this vocoder); lower is closer."""
     from flowsuite.core.io import atomic_path, check_writable
     from flowsuite.musicflow.generator import MusicGenerator
     from flowsuite.musicflow.metrics import clip_statistics, music_distances, shaped_noise
@@ -271,9 +272,13 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     with click.progressbar(range(n), label="generating", file=None) as bar:
         clips["generated"] = [gen.generate(seconds, seed + i, temperature, sigma)[0]
                               for i in bar]
-    clips["shaped_noise"] = shaped_noise(ref, n, samples, gen.vocoder.mel.cpu(), seed)
-    clips["ideal"] = other
+    # The other held-out clips through their mels and this vocoder: what a perfect prior would
+    # score, so the gap to the ideal splits into the prior's part and the vocoder's.
+    clips["vocoded"] = [gen.vocode(gen.prime_mel(x), samples, sigma, seed + i)
+                        for i, x in enumerate(other)]
     front = gen.vocoder.mel.cpu()
+    clips["shaped_noise"] = shaped_noise(ref, n, samples, front, seed)
+    clips["ideal"] = other
     ref_stats = clip_statistics(ref, rate, front)
     metrics = {k: music_distances(clip_statistics(v, rate, front), ref_stats)
                for k, v in clips.items()}
