@@ -8,6 +8,7 @@ names (``categories``, a JSON list in id order) and the data's global normalisat
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -175,8 +176,24 @@ def _denormalize(points, stats: dict | None):
                                                           device=points.device)
 
 
+def _point_t(value: float | None) -> float:
+    """``--point-temperature``'s value, or the model's default when it was not given."""
+    from flowsuite.pointflow.model import DEFAULT_POINT_TEMPERATURE
+
+    if value is None:
+        return DEFAULT_POINT_TEMPERATURE
+    if not (math.isfinite(value) and value >= 0):
+        raise FlowsuiteError(f"--point-temperature must be a finite number >= 0, got {value}")
+    return value
+
+
+_POINT_TEMPERATURE_HELP = ("Scale of each point's base noise (lower: points nearer the "
+                           "surface, too low and they bunch); default: the model's "
+                           "DEFAULT_POINT_TEMPERATURE")
+
+
 def _generate(model, category: int, count: int, points: int, seed: int, temperature: float,
-              stats: dict | None, batch: int = 16):
+              stats: dict | None, batch: int = 16, point_temperature: float | None = None):
     """``(count, points, 3)`` clouds on the CPU, in the data's coordinates."""
     import torch
 
@@ -186,7 +203,8 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
             n = min(batch, count - start)
             # Each batch gets its own seed so the clouds do not depend on the batch size only.
             parts.append(model.sample(category, n, points, seed=seed + k,
-                                      temperature=temperature).cpu())
+                                      temperature=temperature,
+                                      point_temperature=_point_t(point_temperature)).cpu())
     return _denormalize(torch.cat(parts), stats)
 
 
@@ -208,6 +226,7 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--temperature", default=1.0, show_default=True, type=float,
               help="Scale of the latent noise (lower: more typical shapes).")
+@click.option("--point-temperature", default=None, type=float, help=_POINT_TEMPERATURE_HELP + ".")
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Output .ply (default: <category>.ply, <input>_resampled.ply or "
                    "interpolation.ply); several shapes go to <stem>_0.ply ... <stem>_{N-1}.ply.")
@@ -220,8 +239,8 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def pointcloud(model_path: Path | None, category: str | None, from_path: Path | None,
                interpolate: tuple[Path, Path] | None, steps: int, count: int, points: int,
-               seed: int, temperature: float, out: Path | None, preview: Path | None, mesh: bool,
-               device: str, force: bool) -> None:
+               seed: int, temperature: float, point_temperature: float | None, out: Path | None,
+               preview: Path | None, mesh: bool, device: str, force: bool) -> None:
     """Generate point clouds of a category with a trained model (one .ply per shape), resample a
     given cloud (--from), or walk between two shapes (--interpolate)."""
     from flowsuite.core.io import check_writable
@@ -232,6 +251,7 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
                              "--interpolate A B")
     if points < 1:
         raise FlowsuiteError(f"--points must be at least 1, got {points}")
+    _point_t(point_temperature)
     if count < 1:
         raise FlowsuiteError(f"--count must be at least 1, got {count}")
     if interpolate is not None and steps < 2:
@@ -262,10 +282,11 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     model, cats, stats = _load(model_path, device)
     if category is not None:
         clouds = _generate(model, _category_id(category, cats), count, points, seed,
-                           temperature, stats)
+                           temperature, stats, point_temperature=point_temperature)
         label = category
     else:
-        clouds = _encode_and_decode(model, clouds_in, stats, points, steps, seed)
+        clouds = _encode_and_decode(model, clouds_in, stats, points, steps, seed,
+                                    point_temperature)
         label = "resampled" if from_path is not None else "interpolation"
     for p, c in zip(paths, clouds, strict=True):
         write_ply(c, p, force=force)
@@ -293,7 +314,7 @@ def _normalize(points, stats: dict | None):
 
 
 def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, steps: int,
-                       seed: int):
+                       seed: int, point_temperature: float | None = None):
     """One cloud: its reconstruction with ``points`` points; two: ``steps`` shapes between them.
     Inputs and outputs are in the data's coordinates, ``(K, points, 3)`` on the CPU."""
     import torch
@@ -302,9 +323,11 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
     xs = [_normalize(c.to(device), stats) for c in clouds]
     with torch.no_grad():
         if len(xs) == 1:
-            out = model.reconstruct(xs[0], n_points=points, seed=seed)[None]
+            out = model.reconstruct(xs[0], n_points=points, seed=seed,
+                                    point_temperature=_point_t(point_temperature))[None]
         else:
-            out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed)
+            out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed,
+                                    point_temperature=_point_t(point_temperature))
     return _denormalize(out.cpu(), stats)
 
 
@@ -327,6 +350,7 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
 @click.option("--emd-method", default="auto", show_default=True,
               type=click.Choice(["auto", "exact", "clusters"]))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--point-temperature", default=None, type=float, help=_POINT_TEMPERATURE_HELP + ".")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
               help="Also write the results as JSON.")
 @click.option("--device", default="auto", show_default=True,
@@ -334,7 +358,8 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | None,
                     count: int | None, points: int, normalization: str, emd_method: str, seed: int,
-                    json_out: Path | None, device: str, force: bool) -> None:
+                    point_temperature: float | None, json_out: Path | None, device: str,
+                    force: bool) -> None:
     """Compare generated shapes with the test split (MMD, COV, 1-NNA with CD and EMD)."""
     import numpy as np
 
@@ -344,6 +369,7 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
 
     if json_out is not None:
         check_writable(json_out, force)
+    _point_t(point_temperature)
     model, cats, stats = _load(model_path, device)
     wanted = [category] if category else cats
     for c in wanted:
@@ -356,9 +382,11 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
                      disable=None):
         refs = [test[i]["points"].numpy() for i in range(len(test)) if test.category_of(i) == name]
         n = count or len(refs)
-        gen = _generate(model, _category_id(name, cats), n, points, seed, 1.0, stats)
+        gen = _generate(model, _category_id(name, cats), n, points, seed, 1.0, stats,
+                        point_temperature=point_temperature)
         results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
                                  normalization=normalization, emd_method=emd_method)
+        results[name]["point_temperature"] = _point_t(point_temperature)
     _print_table(results)
     if json_out is not None:
         with atomic_path(json_out, force=force) as tmp:
@@ -375,3 +403,5 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
     first = next(iter(results.values()), {})
     click.echo(f"normalization: {first.get('normalization', '?')}")
     click.echo(f"EMD method: {first.get('emd_method', '?')}; COV and 1-NNA are fractions")
+    if "point_temperature" in first:
+        click.echo(f"point temperature: {first['point_temperature']:g}")

@@ -34,6 +34,11 @@ from flowsuite.pointflow.layers import (
 _LOG_2PI_E = math.log(2 * math.pi) + 1.0
 
 
+# The scale of each point's base noise when sampling (`gen pointcloud`, `gen eval pointcloud`
+# and the API): see BENCHMARKS.md ("Sampling temperatures") and bench/pointflow_temperature.py.
+DEFAULT_POINT_TEMPERATURE = 1.0
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
@@ -316,7 +321,8 @@ class PointFlowModel(nn.Module):
                                  self._temperature(temperature), generator=generator)
 
     @torch.no_grad()
-    def decode(self, z: Tensor, points: int = 2048, point_temperature: float = 1.0,
+    def decode(self, z: Tensor, points: int = 2048,
+               point_temperature: float = DEFAULT_POINT_TEMPERATURE,
                generator: torch.Generator | None = None, shared_noise: bool = False) -> Tensor:
         """Points from the point flow given latents ``z (B, D)``: ``(B, points, 3)``.
 
@@ -336,7 +342,7 @@ class PointFlowModel(nn.Module):
     @torch.no_grad()
     def sample(self, category: int | Tensor | Sequence[int], count: int = 1, points: int = 2048,
                seed: int | None = None, temperature: float = 1.0,
-               point_temperature: float = 1.0) -> Tensor:
+               point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
         """Generates ``count`` shapes of ``category`` (one id, or one per shape) with ``points``
         points each: ``(count, points, 3)``. The same seed gives the same clouds."""
         gen = _generator(seed, self.device)
@@ -345,7 +351,7 @@ class PointFlowModel(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, points: Tensor, n_points: int | None = None, seed: int | None = None,
-                    point_temperature: float = 1.0) -> Tensor:
+                    point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
         """Encodes clouds (posterior mean) and samples ``n_points`` new points for each (the
         input's count by default; more points upsample the cloud).
 
@@ -362,7 +368,8 @@ class PointFlowModel(nn.Module):
 
     @torch.no_grad()
     def interpolate(self, a: Tensor, b: Tensor, steps: int = 8, n_points: int = 2048,
-                    seed: int | None = None) -> Tensor:
+                    seed: int | None = None,
+                    point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
         """Decodes ``steps`` latents on the line between the posterior means of clouds ``a`` and
         ``b`` (each ``(N, 3)``), with the same base points at every step: ``(steps, n_points,
         3)``; the first and last are reconstructions of ``a`` and ``b``."""
@@ -373,4 +380,5 @@ class PointFlowModel(nn.Module):
             raise FlowsuiteError("interpolate takes one cloud (N, 3) at each end")
         w = torch.linspace(0, 1, steps, device=self.device, dtype=za.dtype).unsqueeze(1)
         z = (1 - w) * za + w * zb
-        return self.decode(z, n_points, 1.0, _generator(seed, self.device), shared_noise=True)
+        return self.decode(z, n_points, point_temperature, _generator(seed, self.device),
+                           shared_noise=True)

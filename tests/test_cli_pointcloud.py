@@ -231,3 +231,37 @@ def test_modes_and_inputs_are_checked(trained, tmp_path, error_line):
     a = next((data / "chair" / "train").glob("*.npy"))
     assert "--steps" in error_line(_run("pointcloud", "--model", run, "--interpolate", a, a,
                                          "--steps", 1))
+
+
+def test_point_temperature_scales_the_points_noise(trained, tmp_path, error_line):
+    """At point temperature 0 every point of a shape comes from the base's mode, so a sampled,
+    resampled or interpolated cloud collapses to one point; a negative value is refused before
+    anything is written."""
+    data, run = trained
+    src = next((data / "chair" / "train").glob("*.npy"))
+    for mode, out in ((["--category", "chair"], "s.ply"), (["--from", src], "r.ply"),
+                      (["--interpolate", src, src, "--steps", 2], "i.ply")):
+        r = _run("pointcloud", "--model", run, *mode, "--points", 32, "--point-temperature", 0,
+                 "--out", tmp_path / out, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        first = tmp_path / (out if "--steps" not in mode else out.replace(".", "_0."))
+        pts = np.asarray(o3d.io.read_point_cloud(str(first)).points)
+        assert pts.shape == (32, 3) and np.ptp(pts, axis=0).max() < 1e-4
+    r = _run("pointcloud", "--model", run, "--category", "chair", "--points", 32,
+             "--point-temperature", 1, "--out", tmp_path / "one.ply", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert np.ptp(np.asarray(o3d.io.read_point_cloud(str(tmp_path / "one.ply")).points)) > 1e-2
+    for bad in ("-1", "nan"):
+        assert "--point-temperature" in error_line(
+            _run("pointcloud", "--model", run, "--category", "chair", "--point-temperature",
+                 bad, "--out", tmp_path / "bad.ply"))
+        assert "--point-temperature" in error_line(
+            _run("eval", "pointcloud", "--model", run, "--data", data, "--point-temperature",
+                 bad))
+    assert not (tmp_path / "bad.ply").exists()
+    js = tmp_path / "e.json"
+    r = _run("eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
+             "--points", 64, "--point-temperature", 0.5, "--json", js, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "point temperature: 0.5" in r.output
+    assert json.loads(js.read_text())["chair"]["point_temperature"] == 0.5

@@ -388,7 +388,8 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
 
 def test_gen_eval_music_vocoded_baseline_is_near_the_ideal(models, music_set, tmp_path):
     """Held-out clips resynthesised through their own mels keep what the log-mel distance
-    measures: with Griffin-Lim they land near the ideal, far closer than shaped noise or an untrained prior."""
+    measures: with Griffin-Lim they land near the ideal, far closer than shaped noise or an
+    untrained prior."""
     run, _ = models
     js = tmp_path / "e.json"
     r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", music_set,
