@@ -423,10 +423,12 @@ def test_plain_tensor_loss_and_tuple_batches(tmp_path):
             x, y = batch
             return ((x @ self.w) - y).pow(2).mean()
 
-    x = torch.randn(128, 2)
+    # 150 steps: at 60 about a third of random data sets ended 0.10-0.12 from the answer
+    # (measured over 30 seeds); at 150 the worst of 30 is 0.002 off.
+    x = torch.randn(128, 2, generator=torch.Generator().manual_seed(0))
     data = TensorDataset(x, x @ torch.tensor([1.5, -2.0]))
     model = Plain()
-    summary = Trainer(model, data, cfg(steps=60, lr=0.1, ema_decay=0), out_dir=tmp_path).fit()
+    summary = Trainer(model, data, cfg(steps=150, lr=0.1, ema_decay=0), out_dir=tmp_path).fit()
     assert summary.final_loss < 0.05
     assert torch.allclose(model.w.detach(), torch.tensor([1.5, -2.0]), atol=0.1)
 
