@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowsuite.cli.pointcloud_cmds import _category_id, _denormalize, _load
+from flowsuite.cli.pointcloud_cmds import _category_id, _generate, _load
 from flowsuite.data.shapes import open_shapes
 from flowsuite.pointflow.metrics import evaluate
 
@@ -63,12 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         cid = _category_id(name, cats)
         for lt in a.latent_temperatures:
             for pt in a.point_temperatures:
-                with torch.no_grad():
-                    gen = torch.cat([
-                        model.sample(cid, min(16, len(refs) - s), a.points, seed=a.seed + k,
-                                     temperature=lt, point_temperature=pt).cpu()
-                        for k, s in enumerate(range(0, len(refs), 16))])
-                gen = _denormalize(gen, stats).numpy().astype(np.float32)
+                # As `gen eval pointcloud` samples: batches of 16, seed + batch index.
+                gen = _generate(model, cid, len(refs), a.points, a.seed, lt, stats,
+                                point_temperature=pt).numpy().astype(np.float32)
                 r = evaluate(list(gen), refs, distances=("cd",))
                 row = {"category": name, "latent_temperature": lt, "point_temperature": pt,
                        **{k: r[k] for k in ("MMD-CD", "COV-CD", "1-NNA-CD")}}

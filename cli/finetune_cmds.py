@@ -118,8 +118,8 @@ def _generated_replay(model, ids: list[int], per_category: int, points: int,
 
     from flowsuite.cli.pointcloud_cmds import _generate
 
-    # Temperature 1 for the latent and the points: replay what the model's density holds, not
-    # the sharpened samples that `gen pointcloud` writes by default.
+    # Temperature 1 for the latent and the points: replay the model's own density, whatever
+    # default `gen pointcloud` samples at.
     pool = torch.stack([_generate(model, c, _REPLAY_POOL, 2 * points, seed + 7919 * c, 1.0, None,
                                   point_temperature=1.0) for c in ids])
     return _GeneratedReplay(pool, ids, per_category, points)
