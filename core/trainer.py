@@ -371,7 +371,6 @@ class Trainer:
         self.skipped = 0
         self._consecutive_skips = 0
         self._stop_requested = False
-        self._deadline: float | None = None
         self._last_val: dict[str, float] = {}
         self._rng_at_step_start: dict[str, Any] | None = None
 
@@ -448,7 +447,7 @@ class Trainer:
         if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
             raise FlowsuiteError(f"time_limit must be a positive number of seconds, not "
                                  f"{time_limit!r}")
-        self._deadline = None if time_limit is None else time.monotonic() + time_limit
+        deadline = None if time_limit is None else time.monotonic() + time_limit
         cfg = self.config
         device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -460,11 +459,11 @@ class Trainer:
         self.device = device
         try:
             with self._deferred_interrupts():
-                return self._fit(resume)
+                return self._fit(resume, deadline)
         finally:
             shutdown(self.dist)
 
-    def _fit(self, resume: bool) -> FitSummary:
+    def _fit(self, resume: bool, deadline: float | None = None) -> FitSummary:
         cfg, dist = self.config, self.dist
         t_start = time.perf_counter()
         ckpt = self._check_out_dir(resume)
@@ -509,7 +508,8 @@ class Trainer:
         if cfg.compile:
             train_model = torch.compile(train_model)
 
-        final_loss = self._loop(train_model, sampler) if self.step < cfg.steps else None
+        final_loss = (self._loop(train_model, sampler, deadline) if self.step < cfg.steps
+                      else None)
         finished = self.step >= cfg.steps
         model_path = self._finish() if finished else None
         return FitSummary(out_dir=self.out_dir, step=self.step, final_loss=final_loss,
@@ -544,7 +544,8 @@ class Trainer:
         bf16 = self.config.bf16 if self.config.bf16 is not None else self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def _loop(self, train_model: nn.Module, sampler: StepSampler) -> float | None:
+    def _loop(self, train_model: nn.Module, sampler: StepSampler,
+              deadline: float | None = None) -> float | None:
         cfg, dist = self.config, self.dist
         assert self.optimizer is not None
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -577,7 +578,7 @@ class Trainer:
                 # metrics, the gradient norm, whether any process was asked to stop and whether
                 # any process's clock has passed the time limit.
                 names = list(metrics)
-                late = self._deadline is not None and time.monotonic() >= self._deadline
+                late = deadline is not None and time.monotonic() >= deadline
                 vec = torch.stack([loss.detach().float(), norm.detach().float().to(self.device),
                                    torch.tensor(float(self._stop_requested), device=self.device),
                                    torch.tensor(float(late), device=self.device),
