@@ -21,7 +21,12 @@ from flowsuite.core.checkpoint import (
 )
 from flowsuite.core.conditioners import MLP, ChannelMLP
 from flowsuite.core.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling
-from flowsuite.core.distributions import DiagonalNormal, Distribution, StandardNormal
+from flowsuite.core.distributions import (
+    ContextMixture,
+    DiagonalNormal,
+    Distribution,
+    StandardNormal,
+)
 from flowsuite.core.elementwise import Additive, Affine, RationalQuadraticSpline
 from flowsuite.core.errors import CheckpointError, FlowsuiteError
 from flowsuite.core.flat import flatten_parameters, is_flattened, unflatten_parameters
@@ -38,7 +43,8 @@ __all__ = [
     "flatten_parameters", "is_flattened", "nsf", "read_metadata", "realnvp", "register_model",
     "registered_models", "save_model", "save_training_state", "unflatten_parameters",
     "ActNorm", "Additive", "AdditiveCoupling", "Affine", "AffineCoupling", "Bijection",
-    "ChannelMLP", "CheckpointError", "Compose", "Coupling", "DiagonalNormal", "Distribution",
+    "ChannelMLP", "CheckpointError", "Compose", "ContextMixture", "Coupling", "DiagonalNormal",
+    "Distribution",
     "EarlySplit", "Flow", "FlowsuiteError", "Inverse", "InvertibleLinear", "MADE", "MLP",
     "MaskedAutoregressive", "Permute", "RationalQuadraticSpline", "SplineCoupling", "Squeeze",
     "StandardNormal", "sum_except_batch",

@@ -385,6 +385,23 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     return model
 
 
+def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") -> list[str]:
+    """Copies into ``target`` every weight and buffer of ``source`` whose name it shares (a
+    trained model into a grown architecture: the new parts keep their initialisation) and
+    returns the names of ``target``'s entries that ``source`` lacks.
+
+    Raises ``FlowsuiteError`` when a shared entry's shape differs (a change of size cannot start
+    from the trained weights); ``what`` names the source in that message.
+    """
+    own, theirs = target.state_dict(), source.state_dict()
+    for name, value in theirs.items():
+        if name in own and own[name].shape != value.shape:
+            raise FlowsuiteError(f"cannot start from the trained {what}: its {name} is "
+                                 f"{tuple(value.shape)}, the new model's {tuple(own[name].shape)}")
+    target.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
+    return [k for k in own if k not in theirs]
+
+
 def _check_expected(info: CheckpointInfo, expected: str | tuple[str, ...] | None) -> None:
     if expected is None:
         return

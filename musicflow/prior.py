@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal, nsf, realnvp
-from flowsuite.core.checkpoint import Configurable, register_model
+from flowsuite.core.checkpoint import Configurable, register_model, transfer_weights
 from flowsuite.core.coupling import logdet_sum
+from flowsuite.core.distributions import ContextMixture
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
 
@@ -82,59 +83,6 @@ class ContextAffine(Bijection):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ld = self.transform.inverse(z, self._params(context, z))
         return x, logdet_sum(ld)
-
-
-class ContextMixture(nn.Module):
-    """The latent's distribution given the context: a mixture of ``components`` diagonal normals
-    whose weights, means and scales come from the context (an MLP), so a step can choose between
-    distinct kinds of continuation (a held note, a new note) instead of spreading one Gaussian
-    over both.
-
-    The last layer of the MLP starts at zero and each component's mean gets a small fixed-seed
-    offset: at initialisation the mixture is nearly ``N(0, I)``, so a trained single-Gaussian
-    prior's weights are a good start, and the components can move apart. Sampling draws the
-    component from the untempered weights and scales only the deviation within it by the
-    temperature, so a low temperature cleans each step without ruling out note changes.
-
-    ``z: (B, features)``, ``context: (B, context_features)``.
-    """
-
-    def __init__(self, features: int, context_features: int, components: int,
-                 hidden: Sequence[int] = (256,), scale_bound: float = 3.0, spread: float = 0.05):
-        super().__init__()
-        if components < 2:
-            raise ValueError(f"a mixture needs at least 2 components, got {components}")
-        self.features, self.components, self.scale_bound = features, components, scale_bound
-        self.net = MLP(context_features, components * (2 * features + 1), hidden=hidden)
-        offsets = torch.randn(components, features, generator=torch.Generator().manual_seed(0))
-        self.loc = nn.Parameter(spread * offsets)
-
-    def params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-weights ``(B, K)``, means ``(B, K, features)`` and log-scales ``(B, K, features)``
-        (softly bounded to ``[-scale_bound, scale_bound]``)."""
-        k, d = self.components, self.features
-        out = self.net(context)
-        logits, rest = out[:, :k], out[:, k:].unflatten(-1, (k, 2, d))
-        log_scale = torch.tanh(rest[:, :, 1] / self.scale_bound) * self.scale_bound
-        return torch.log_softmax(logits, -1), rest[:, :, 0] + self.loc, log_scale
-
-    def log_prob(self, z: Tensor, context: Tensor) -> Tensor:
-        """``log p(z | context)`` ``(B,)``."""
-        logw, mean, log_scale = self.params(context)
-        u = (z[:, None] - mean) * torch.exp(-log_scale)
-        comp = -0.5 * (u * u).sum(-1) - log_scale.sum(-1) - 0.5 * self.features * _LOG_2PI
-        return torch.logsumexp(logw + comp, dim=-1)
-
-    def sample(self, context: Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """``z (B, features)``: a component per row from the weights, then its mean plus its
-        scale times ``temperature`` times standard normal noise."""
-        logw, mean, log_scale = self.params(context)
-        pick = torch.multinomial(logw.exp(), 1, generator=generator)[:, 0]
-        rows = torch.arange(context.shape[0], device=context.device)
-        eps = torch.randn(mean.shape[0], self.features, generator=generator,
-                          device=context.device, dtype=mean.dtype)
-        return mean[rows, pick] + torch.exp(log_scale[rows, pick]) * eps * temperature
 
 
 @dataclass
@@ -226,14 +174,7 @@ class MelPrior(Configurable, nn.Module):
         the new mixture keeps its initialisation). Raises ``FlowsuiteError`` when a shared
         weight's shape differs (a change of size cannot start from the trained weights)."""
         model = cls(**{**source.config, **overrides})
-        own = model.state_dict()
-        theirs = source.state_dict()
-        for name, value in theirs.items():
-            if name in own and own[name].shape != value.shape:
-                raise FlowsuiteError(f"cannot start from the trained prior: its {name} is "
-                                     f"{tuple(value.shape)}, the new model's "
-                                     f"{tuple(own[name].shape)}")
-        model.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
+        transfer_weights(source, model, "prior")
         return model.to(source.start.device)
 
     @property

@@ -18,7 +18,7 @@ from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
 from flowsuite.musicflow.mel import MelSpectrogram
 from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
-from flowsuite.musicflow.prior import ContextMixture, MelPrior
+from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
 SR = 22050
@@ -165,37 +165,6 @@ def test_long_generation_carries_a_fixed_size_state():
         sizes.add(tuple(state.hidden.shape))
         widths.add(mel.shape[-1])
     assert sizes == {(1, 1, 12)} and max(widths) == 32  # 16 steps of 2 frames at most
-
-
-def test_context_mixture_density_matches_torch_distributions():
-    torch.manual_seed(0)
-    mix = ContextMixture(5, 4, components=3, hidden=[8]).double()
-    with torch.no_grad():
-        for p in mix.net.parameters():
-            p.normal_(0, 0.3)  # away from the zero start, so weights and scales vary
-    ctx, z = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
-    logw, mean, log_scale = mix.params(ctx)
-    want = torch.distributions.MixtureSameFamily(
-        torch.distributions.Categorical(logits=logw),
-        torch.distributions.Independent(torch.distributions.Normal(mean, log_scale.exp()), 1))
-    assert torch.allclose(mix.log_prob(z, ctx), want.log_prob(z))
-    with pytest.raises(ValueError, match="at least 2"):
-        ContextMixture(5, 4, components=1)
-
-
-def test_a_low_temperature_keeps_the_mixture_components_but_tempers_within_them():
-    """The point of the mixture: at temperature 0.1 a single normal collapses onto its mean, the
-    mixture still picks each component as often as its weight says."""
-    mix = ContextMixture(2, 3, components=2, hidden=[4])
-    with torch.no_grad():
-        mix.loc.copy_(torch.tensor([[-3.0, -3.0], [3.0, 3.0]]))
-    g = torch.Generator().manual_seed(0)
-    z = mix.sample(torch.zeros(4000, 3), temperature=0.1, generator=g)
-    right = z[:, 0] > 0
-    assert 0.45 < right.float().mean() < 0.55  # equal weights at the zero start
-    assert (z[right] - 3).abs().max() < 0.6 and (z[~right] + 3).abs().max() < 0.6
-    assert torch.equal(mix.sample(torch.zeros(5, 3), 0.0, torch.Generator().manual_seed(1))
-                       .abs(), torch.full((5, 2), 3.0))
 
 
 def test_from_trained_keeps_the_weights_and_adds_a_fresh_mixture():
