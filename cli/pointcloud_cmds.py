@@ -62,22 +62,49 @@ PRESETS: dict[str, dict[str, Any]] = {
               help="Size of the shape latent (default: the preset's).")
 @click.option("--preset", default="default", show_default=True, type=click.Choice(list(PRESETS)),
               help="Model size.")
+@click.option("--point-mixture", default=None, type=int,
+              help="Components of the point flow's base distribution, a mixture whose weights, "
+                   "means and scales depend on the shape latent (0: one standard normal; "
+                   "default: the preset's, or --init's).")
+@click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
+              help="Start from the weights of a trained model (run folder or model file) on the "
+                   "same categories; its normalisation is kept and new parts (--point-mixture) "
+                   "start fresh. To add categories, use `gen finetune pointcloud`.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
 @time_limit_option
 def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
-                     resume: bool, latent_dim: int | None, preset: str, val_every: int | None,
-                     ckpt_every: int | None, time_limit: float | None) -> None:
+                     resume: bool, latent_dim: int | None, preset: str, point_mixture: int | None,
+                     init_path: Path | None, val_every: int | None, ckpt_every: int | None,
+                     time_limit: float | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
     from flowsuite.pointflow.model import PointFlowModel
 
+    if point_mixture is not None and (point_mixture < 0 or point_mixture == 1):
+        raise FlowsuiteError(f"--point-mixture must be 0 or at least 2 components, not "
+                             f"{point_mixture}")
     dev = resolve_device(device)
-    train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape, seed)
-    kwargs = dict(PRESETS[preset])
-    if latent_dim is not None:
-        kwargs["latent_dim"] = latent_dim
-    model = PointFlowModel(num_categories=len(train_set.categories), **kwargs)
+    extra = {} if point_mixture is None else {"point_mixture": point_mixture}
+    if init_path is None:
+        train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape,
+                                       seed)
+        kwargs = {**PRESETS[preset], **extra}
+        if latent_dim is not None:
+            kwargs["latent_dim"] = latent_dim
+        model = PointFlowModel(num_categories=len(train_set.categories), **kwargs)
+    else:
+        if latent_dim is not None or preset != "default":
+            raise FlowsuiteError("--init takes the model's size from the trained model; leave "
+                                 "out --preset and --latent-dim")
+        source, known, stats = _load(init_path, dev)
+        train_set, val_set = open_sets(data_dir, category_list(categories) or known,
+                                       points_per_shape, seed, stats=stats)
+        if train_set.categories != known:
+            raise FlowsuiteError(f"{init_path} was trained on {', '.join(known)}, the data has "
+                                 f"{', '.join(train_set.categories)}; --init needs the same "
+                                 "categories (new ones: gen finetune pointcloud)")
+        model = PointFlowModel.from_trained(source, **extra).train()
     click.echo(f"training on {len(train_set)} shapes of {', '.join(train_set.categories)} "
                f"({len(val_set) if val_set is not None else 0} for validation), {dev}")
     summary = fit(model, train_set, val_set, out, steps=steps, batch_size=batch_size, lr=lr,

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowsuite.core import Flow, FlowsuiteError, StandardNormal
-from flowsuite.core.checkpoint import register_model
+from flowsuite.core import ContextMixture, Flow, FlowsuiteError, StandardNormal
+from flowsuite.core.checkpoint import register_model, transfer_weights
 from flowsuite.pointflow.layers import (
     POINT_KINDS,
     PointNetEncoder,
@@ -66,6 +66,10 @@ class PointFlowModel(nn.Module):
             flow is told that level; sampling and likelihoods use level 0. ``0`` turns it off.
         prior_weight, entropy_weight: weights of ``-log p(z|c)`` and ``-H(q)`` in the loss
             (both 1 give the ELBO).
+        point_mixture: the point flow's base: ``0`` a standard normal; ``K >= 2`` a
+            :class:`~flowsuite.core.ContextMixture` of K normals whose weights, means and scales
+            depend on ``z``, so that disjoint parts of a shape (a car's wheels and body) can come
+            from separate components instead of one Gaussian stretched into bridges between them.
 
     ``config`` holds these keyword arguments (JSON-serialisable): ``PointFlowModel(**m.config)``
     rebuilds the architecture.
@@ -76,7 +80,8 @@ class PointFlowModel(nn.Module):
                  point_kind: str = "affine", spline_bins: int = 8, spline_bound: float = 4.0,
                  latent_steps: int = 6, latent_hidden: Sequence[int] = (256, 256),
                  category_dim: int = 32, softflow_max_noise: float = 0.05,
-                 prior_weight: float = 1.0, entropy_weight: float = 1.0):
+                 prior_weight: float = 1.0, entropy_weight: float = 1.0,
+                 point_mixture: int = 0):
         super().__init__()
         if num_categories < 1:
             raise FlowsuiteError(f"num_categories must be at least 1, got {num_categories}")
@@ -87,6 +92,9 @@ class PointFlowModel(nn.Module):
                                  "step each")
         if softflow_max_noise < 0:
             raise FlowsuiteError("softflow_max_noise must be >= 0")
+        if point_mixture < 0 or point_mixture == 1:
+            raise FlowsuiteError("point_mixture must be 0 (a standard normal base) or at least 2 "
+                                 f"components, not {point_mixture}")
         self.config: dict[str, Any] = {
             "num_categories": int(num_categories), "latent_dim": int(latent_dim),
             "encoder_width": int(encoder_width), "point_steps": int(point_steps),
@@ -96,6 +104,8 @@ class PointFlowModel(nn.Module):
             "category_dim": int(category_dim), "softflow_max_noise": float(softflow_max_noise),
             "prior_weight": float(prior_weight), "entropy_weight": float(entropy_weight),
         }
+        if point_mixture:  # absent from the files of models without one, which load as before
+            self.config["point_mixture"] = int(point_mixture)
         self.num_categories = int(num_categories)
         self.latent_dim = int(latent_dim)
         self.softflow_max_noise = float(softflow_max_noise)
@@ -109,11 +119,28 @@ class PointFlowModel(nn.Module):
         self.point_flow = Flow(point_bijection(point_steps, point_hidden, latent_dim + 1,
                                                point_kind, spline_bins, spline_bound),
                                StandardNormal(1, 3))
+        self.point_mixture = (ContextMixture(3, latent_dim + 1, int(point_mixture),
+                                             hidden=(int(point_hidden[0]),))
+                              if point_mixture else None)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PointFlowModel:
         """Rebuilds the architecture from ``config`` (weights are loaded separately)."""
         return cls(**config)
+
+    @classmethod
+    def from_trained(cls, source: PointFlowModel, **overrides: Any) -> PointFlowModel:
+        """A model of ``source``'s config with ``overrides``, holding ``source``'s weights
+        wherever a part exists in both: a trained model given a point mixture
+        (``point_mixture=8``) starts from its own density, and the mixture from its near-``N(0, I)``
+        initialisation. A change of size raises ``FlowsuiteError``. The category names and
+        normalisation (``categories``, ``stats``) carry over."""
+        model = cls(**{**source.config, **overrides})
+        transfer_weights(source, model, "point-cloud model")
+        for name in ("categories", "stats"):
+            if hasattr(source, name):
+                setattr(model, name, getattr(source, name))
+        return model.to(source.device)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *,
@@ -237,7 +264,11 @@ class PointFlowModel(nn.Module):
                         noise_level: Tensor | None = None) -> Tensor:
         """``sum_i log p(x_i | z)`` over the points of each cloud: ``(B, N, 3)``, ``(B, D)`` ->
         ``(B,)`` nats (noise level 0 unless given, ``(B,)``)."""
-        return self.point_flow.log_prob(points, self._point_context(z, noise_level))
+        context = self._point_context(z, noise_level)
+        if self.point_mixture is None:
+            return self.point_flow.log_prob(points, context)
+        u, logdet = self.point_flow.bijection(points, context)
+        return self.point_mixture.log_prob(u, context) + logdet
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Negative ELBO per point of a batch ``{"points": (B, N, 3), "category": (B,)}``.
@@ -332,12 +363,20 @@ class PointFlowModel(nn.Module):
         points = self._positive(points, "points")
         t = self._temperature(point_temperature, "point_temperature")
         b = z.shape[0]
+        context = self._point_context(z)
         base = self.point_flow.base
-        if shared_noise:
-            eps = base.sample(1, (points, 3), t, generator).expand(b, -1, -1)
+        if self.point_mixture is None:
+            if shared_noise:
+                eps = base.sample(1, (points, 3), t, generator).expand(b, -1, -1)
+            else:
+                eps = base.sample(b, (points, 3), t, generator)
+        elif shared_noise:  # one draw of noise for every latent: the components follow z
+            u = torch.rand(1, points, generator=generator, device=z.device).expand(b, -1)
+            normal = base.sample(1, (points, 3), 1.0, generator).expand(b, -1, -1)
+            eps = self.point_mixture.sample_from_noise(context, u, normal.to(z.dtype), t)
         else:
-            eps = base.sample(b, (points, 3), t, generator)
-        x, _ = self.point_flow.bijection.inverse(eps.to(z.dtype), self._point_context(z))
+            eps = self.point_mixture.sample(context, t, generator, (points,))
+        x, _ = self.point_flow.bijection.inverse(eps.to(z.dtype), context)
         return x
 
     @torch.no_grad()

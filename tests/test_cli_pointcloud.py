@@ -94,6 +94,45 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(trained, tmp_pat
     assert read_metadata(run / "model.safetensors").user["step"] == "12"
 
 
+def test_init_starts_from_a_trained_model_and_adds_a_point_mixture(trained, tmp_path):
+    """--init keeps the trained weights and normalisation; --point-mixture adds a base mixture
+    that starts near N(0, I), so the new model's density starts where the old one was."""
+    from flowsuite.pointflow.model import PointFlowModel
+
+    data, run = trained
+    out = tmp_path / "mix"
+    r = _run("train", "pointcloud", "--data", data, "--out", out, "--steps", 3, "--batch-size", 4,
+             "--points-per-shape", 128, "--device", "cpu", "--init", run, "--point-mixture", 3)
+    assert r.exit_code == 0, r.output
+    old, new = (PointFlowModel.from_pretrained(p) for p in (run, out))
+    assert new.config == {**old.config, "point_mixture": 3}
+    assert new.stats == old.stats and new.categories == old.categories
+    assert new.point_mixture is not None and old.point_mixture is None
+    # Three steps moved the shared weights only a little from the trained ones.
+    shared = old.state_dict()
+    drift = max((new.state_dict()[k] - v).abs().max().item() for k, v in shared.items()
+                if v.is_floating_point())
+    assert 0 < drift < 0.1
+    r = _run("pointcloud", "--model", out, "--category", "table", "--points", 64,
+             "--out", tmp_path / "t.ply", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert _n_points(tmp_path / "t.ply") == 64
+
+
+def test_init_errors_are_one_line(trained, tmp_path, error_line):
+    data, run = trained
+    base = ["train", "pointcloud", "--data", data, "--steps", 2, "--device", "cpu"]
+    r = _run(*base, "--out", tmp_path / "a", "--init", run, "--preset", "tiny")
+    assert "leave out --preset" in error_line(r)
+    r = _run(*base, "--out", tmp_path / "b", "--init", tmp_path / "nothing")
+    assert error_line(r)
+    r = _run(*base, "--out", tmp_path / "c", "--init", run, "--categories", "chair")
+    assert "same categories" in error_line(r)
+    r = _run(*base, "--out", tmp_path / "d", "--preset", "tiny", "--point-mixture", 1)
+    assert "--point-mixture must be 0 or at least 2" in error_line(r)
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
 @pytest.mark.parametrize("value", ["0", "-5m", "soon", "1h1"])
 def test_a_bad_time_limit_is_refused_before_training(trained, tmp_path, value):
     data, _ = trained
