@@ -385,10 +385,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *,
     return model
 
 
-def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") -> list[str]:
+def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") -> None:
     """Copies into ``target`` every weight and buffer of ``source`` whose name it shares (a
-    trained model into a grown architecture: the new parts keep their initialisation) and
-    returns the names of ``target``'s entries that ``source`` lacks.
+    trained model into a grown architecture: the new parts keep their initialisation).
 
     Raises ``FlowsuiteError`` when a shared entry's shape differs (a change of size cannot start
     from the trained weights); ``what`` names the source in that message.
@@ -399,7 +398,6 @@ def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") 
             raise FlowsuiteError(f"cannot start from the trained {what}: its {name} is "
                                  f"{tuple(value.shape)}, the new model's {tuple(own[name].shape)}")
     target.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
-    return [k for k in own if k not in theirs]
 
 
 def _check_expected(info: CheckpointInfo, expected: str | tuple[str, ...] | None) -> None:
