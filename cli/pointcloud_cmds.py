@@ -66,6 +66,12 @@ PRESETS: dict[str, dict[str, Any]] = {
               help="Components of the point flow's base distribution, a mixture whose weights, "
                    "means and scales depend on the shape latent (0: one standard normal; "
                    "default: the preset's, or --init's).")
+@click.option("--softflow-noise", default=None,
+              type=click.FloatRange(min=0, max=1),
+              help="SoftFlow: each training shape gets Gaussian noise of a standard deviation "
+                   "drawn from [0, this] (normalised units), and the point flow is told the "
+                   "level; 0 trains on the clean points (default: the preset's 0.05, or "
+                   "--init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained model (run folder or model file) on the "
                    "same categories; its normalisation is kept and new parts (--point-mixture) "
@@ -76,7 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
                      resume: bool, latent_dim: int | None, preset: str, point_mixture: int | None,
-                     init_path: Path | None, val_every: int | None, ckpt_every: int | None,
+                     softflow_noise: float | None, init_path: Path | None, val_every: int | None,
+                     ckpt_every: int | None,
                      time_limit: float | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
     from flowsuite.pointflow.model import PointFlowModel
@@ -85,7 +92,9 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
         raise FlowsuiteError(f"--point-mixture must be 0 or at least 2 components, not "
                              f"{point_mixture}")
     dev = resolve_device(device)
-    extra = {} if point_mixture is None else {"point_mixture": point_mixture}
+    extra: dict[str, Any] = {} if point_mixture is None else {"point_mixture": point_mixture}
+    if softflow_noise is not None:
+        extra["softflow_max_noise"] = softflow_noise
     if init_path is None:
         train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape,
                                        seed)

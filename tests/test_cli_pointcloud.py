@@ -119,6 +119,24 @@ def test_init_starts_from_a_trained_model_and_adds_a_point_mixture(trained, tmp_
     assert _n_points(tmp_path / "t.ply") == 64
 
 
+def test_softflow_noise_option_sets_the_training_noise(trained, tmp_path):
+    from flowsuite.pointflow.model import PointFlowModel
+
+    data, run = trained
+    base = ["train", "pointcloud", "--data", data, "--steps", 2, "--batch-size", 4,
+            "--points-per-shape", 64, "--device", "cpu"]
+    r = _run(*base, "--out", tmp_path / "clean", "--init", run, "--softflow-noise", 0)
+    assert r.exit_code == 0, r.output
+    old, new = (PointFlowModel.from_pretrained(p) for p in (run, tmp_path / "clean"))
+    assert new.config == {**old.config, "softflow_max_noise": 0.0}
+    r = _run(*base, "--out", tmp_path / "fresh", "--preset", "tiny", "--softflow-noise", 0.01)
+    assert r.exit_code == 0, r.output
+    assert PointFlowModel.from_pretrained(tmp_path / "fresh").softflow_max_noise == 0.01
+    r = _run(*base, "--out", tmp_path / "bad", "--preset", "tiny", "--softflow-noise", -1)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "--softflow-noise" in r.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_init_errors_are_one_line(trained, tmp_path, error_line):
     data, run = trained
     base = ["train", "pointcloud", "--data", data, "--steps", 2, "--device", "cpu"]

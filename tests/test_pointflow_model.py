@@ -101,6 +101,31 @@ def test_forward_returns_the_trainer_contract_and_config_round_trips():
     assert clone.config == model.config
 
 
+def test_softflow_noise_perturbs_training_targets_only_when_enabled():
+    """In training mode the point flow scores noisy points at a random level (SoftFlow); with
+    ``softflow_max_noise=0`` and in eval mode it scores the clean points, so the loss is then
+    the same whichever mode drew the latent."""
+    batch = {"points": torch.randn(3, 40, 3) * 0.5, "category": torch.tensor([0, 1, 1])}
+
+    def recon(model):
+        torch.manual_seed(5)  # the same latent draw each time
+        return model(batch)["recon_nll_per_point"].item()
+
+    torch.manual_seed(0)
+    noisy = PointFlowModel(2, **{**TINY, "softflow_max_noise": 0.5})
+    clean = PointFlowModel.from_trained(noisy, softflow_max_noise=0.0)
+    assert clean.softflow_max_noise == 0.0
+    for model in (noisy, clean):
+        model.train()
+        train_value = recon(model)
+        model.eval()
+        eval_value = recon(model)
+        if model is clean:
+            assert train_value == pytest.approx(eval_value, abs=1e-6)
+        else:
+            assert abs(train_value - eval_value) > 1e-3
+
+
 def test_a_tiny_model_learns_two_categories():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
