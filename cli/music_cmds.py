@@ -67,15 +67,20 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--mixture", type=int, default=None,
               help="Components of each step's latent mixture (0: one normal; default: the "
                    "preset's, or --init's).")
+@click.option("--flows", type=click.IntRange(min=1), default=None,
+              help="Flow steps within each autoregressive step (default: the preset's, or "
+                   "--init's); more than --init's appends steps that start as the identity.")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
-                   "statistics and styles are kept and new parts (--mixture) start fresh.")
+                   "statistics and styles are kept and new parts (--mixture, --flows) start "
+                   "fresh.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @time_limit_option
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
-                    init_path: Path | None, resume: bool, time_limit: float | None) -> None:
+                    flows: int | None, init_path: Path | None, resume: bool,
+                    time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
     from flowsuite.data.music import MANIFEST
@@ -105,7 +110,9 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
-    extra = {} if mixture is None else {"mixture": mixture}
+    extra: dict[str, int] = {} if mixture is None else {"mixture": mixture}
+    if flows is not None:
+        extra["n_flows"] = flows
     if saved is not None:
         model = MelPrior(**saved)
     elif source is not None:

@@ -77,6 +77,17 @@ class InvertibleLinear(Bijection):
         self.log_diag = nn.Parameter(torch.log(diag.abs()).float())
         self._cache: tuple[tuple, Tensor] | None = None
 
+    @torch.no_grad()
+    def reset_identity(self) -> None:
+        """Makes ``W`` the identity matrix (no permutation, unit diagonal, zero triangles): how
+        a step added to a trained flow starts without changing what the flow computes."""
+        self.perm.copy_(self.eye)
+        self.sign.fill_(1.0)
+        self.lower.zero_()
+        self.upper.zero_()
+        self.log_diag.zero_()
+        self._cache = None
+
     def _factors(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
         def cast(t: Tensor) -> Tensor:
             return t if dtype is None else t.to(dtype)

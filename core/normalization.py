@@ -47,6 +47,16 @@ class ActNorm(Bijection):
         self.initialized.fill_(True)
         self._ready = True
 
+    @torch.no_grad()
+    def reset_identity(self) -> None:
+        """Makes the layer the identity (``bias`` and ``log_scale`` zero) and marks it
+        initialised, so a first batch does not re-initialise it: how a step added to a trained
+        flow starts without changing what the flow computes."""
+        self.bias.zero_()
+        self.log_scale.zero_()
+        self.initialized.fill_(True)
+        self._ready = True
+
     def _affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shape = _feature_view(self.dim, x.dim())
         return self.bias.view(shape).to(x.dtype), self.log_scale.view(shape).to(x.dtype)

@@ -30,7 +30,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal, nsf, realnvp
+from flowsuite.core import (
+    MLP,
+    ActNorm,
+    Affine,
+    Bijection,
+    Compose,
+    Flow,
+    InvertibleLinear,
+    StandardNormal,
+    nsf,
+    realnvp,
+)
 from flowsuite.core.checkpoint import Configurable, register_model, transfer_weights
 from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.distributions import ContextMixture
@@ -171,10 +182,19 @@ class MelPrior(Configurable, nn.Module):
     def from_trained(cls, source: MelPrior, **overrides: Any) -> MelPrior:
         """A model of ``source``'s config with ``overrides``, holding ``source``'s weights
         wherever a part exists in both (e.g. a trained prior given a :class:`ContextMixture`:
-        the new mixture keeps its initialisation). Raises ``FlowsuiteError`` when a shared
-        weight's shape differs (a change of size cannot start from the trained weights)."""
+        the new mixture keeps its initialisation). More ``n_flows`` than ``source`` appends
+        flow steps on the latent side that start as the identity (ActNorm at zero, the
+        invertible map at the identity matrix, couplings at zero as built), so the grown model
+        starts with ``source``'s likelihood and gains capacity from there. Raises
+        ``FlowsuiteError`` when a shared weight's shape differs (a change of size cannot start
+        from the trained weights)."""
         model = cls(**{**source.config, **overrides})
         transfer_weights(source, model, "prior")
+        trained = source.state_dict().keys()
+        for name, module in model.named_modules():
+            if (isinstance(module, (ActNorm, InvertibleLinear))
+                    and not any(k.startswith(f"{name}.") for k in trained)):
+                module.reset_identity()
         return model.to(source.start.device)
 
     @property

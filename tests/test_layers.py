@@ -181,6 +181,24 @@ def test_invertible_linear_inverse_cache_is_never_stale():
         assert torch.allclose(other.inverse(layer(x)[0].double())[0], x.double(), atol=1e-5)
 
 
+@pytest.mark.parametrize("make,shape", [(lambda: ActNorm(4), (6, 5, 4)),
+                                        (lambda: InvertibleLinear(4), (6, 4)),
+                                        (lambda: InvertibleLinear(4, dim=1), (6, 4, 5))])
+def test_reset_identity_makes_a_trained_layer_the_identity(make, shape):
+    layer = make()
+    x = torch.randn(shape) * 3 + 1
+    with torch.no_grad():
+        layer(x)  # ActNorm initialises on it
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p))
+        layer.inverse(x)  # InvertibleLinear caches its inverse
+        layer.reset_identity()
+        for t in (layer(x), layer.inverse(x)):
+            assert torch.equal(t[0], x) and torch.equal(t[1], torch.zeros(6))
+        layer(x * 7)  # a reset layer does not initialise itself again on its next batch
+        assert torch.equal(layer(x)[0], x)
+
+
 def test_invertible_linear_is_a_1x1_convolution_over_channels():
     layer = InvertibleLinear(4, dim=1)
     x = torch.randn(2, 4, 7)

@@ -185,6 +185,27 @@ def test_from_trained_keeps_the_weights_and_adds_a_fresh_mixture():
         _tiny(mixture=1)
 
 
+@pytest.mark.parametrize("coupling,mixture", [("affine", 0), ("affine", 3), ("spline", 0)])
+def test_from_trained_grows_the_step_flow_from_the_identity(coupling, mixture):
+    source = _tiny(styles=["a"], coupling=coupling, mixture=mixture)
+    with torch.no_grad():  # move every weight off its initialisation, as training would
+        for p in source.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    source.eval()
+    mel = torch.randn(3, 8, 6)
+    grown = MelPrior.from_trained(source, n_flows=4).eval()
+    assert grown.config["n_flows"] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(grown.log_prob(mel, "a"), source.log_prob(mel, "a"),
+                                   rtol=1e-5, atol=1e-4)
+    # the added steps take part in training: their parameters get gradients
+    grown.train()
+    (-grown.log_prob(mel, "a").mean()).backward()
+    added = [p for name, p in grown.named_parameters()
+             if name not in source.state_dict() and name.startswith("flow.")]
+    assert added and any(p.grad is not None and p.grad.abs().sum() > 0 for p in added)
+
+
 def test_checkpoint_keeps_statistics_and_styles(tmp_path):
     model = _tiny(styles=["x"], mean=[float(i) for i in range(8)], std=[2.0] * 8).eval()
     save_model(model, tmp_path / "p.safetensors")
@@ -259,6 +280,14 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     assert model.config["mixture"] == 2 and model.block == source.block == 2
     assert model.config["mean"] == source.config["mean"] and model.styles == source.styles
     assert model.sample(6, seed=0).shape == (1, 80, 6)
+    r = _invoke(*args, "--out", tmp_path / "deep", "--init", run, "--flows",
+                source.config["n_flows"] + 1)
+    assert r.exit_code == 0, r.output
+    deep = load_model(tmp_path / "deep" / "model.safetensors", expected="mel-prior")
+    assert deep.config["n_flows"] == source.config["n_flows"] + 1
+    r = _invoke(*args, "--out", tmp_path / "f0", "--flows", 0)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "'--flows'" in r.output
+    assert not (tmp_path / "f0").exists()
     _fails(_invoke(*args, "--out", tmp_path / "m1", "--mixture", 1), "--mixture", "1")
     _fails(_invoke(*args, "--out", tmp_path / "m2", "--init", voc), "waveglow")
     _fails(_invoke(*args, "--out", tmp_path / "m3", "--init", tmp_path / "none"))
