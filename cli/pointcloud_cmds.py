@@ -72,17 +72,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "drawn from [0, this] (normalised units), and the point flow is told the "
                    "level; 0 trains on the clean points (default: the preset's 0.05, or "
                    "--init's).")
+@click.option("--point-steps", default=None, type=click.IntRange(min=1),
+              help="Couplings in the point flow (default: the preset's, or --init's); more than "
+                   "--init's appends couplings that start as the identity.")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained model (run folder or model file) on the "
-                   "same categories; its normalisation is kept and new parts (--point-mixture) "
-                   "start fresh. To add categories, use `gen finetune pointcloud`.")
+                   "same categories; its normalisation is kept and new parts (--point-mixture, "
+                   "--point-steps) start fresh. To add categories, use `gen finetune "
+                   "pointcloud`.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
 @time_limit_option
 def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
                      resume: bool, latent_dim: int | None, preset: str, point_mixture: int | None,
-                     softflow_noise: float | None, init_path: Path | None, val_every: int | None,
+                     softflow_noise: float | None, point_steps: int | None,
+                     init_path: Path | None, val_every: int | None,
                      ckpt_every: int | None,
                      time_limit: float | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
@@ -95,6 +100,8 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
     extra: dict[str, Any] = {} if point_mixture is None else {"point_mixture": point_mixture}
     if softflow_noise is not None:
         extra["softflow_max_noise"] = softflow_noise
+    if point_steps is not None:
+        extra["point_steps"] = point_steps
     if init_path is None:
         train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape,
                                        seed)

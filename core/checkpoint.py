@@ -389,6 +389,9 @@ def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") 
     """Copies into ``target`` every weight and buffer of ``source`` whose name it shares (a
     trained model into a grown architecture: the new parts keep their initialisation).
 
+    A new layer that can be the identity (one with a ``reset_identity()`` method, such as
+    ``ActNorm`` and ``InvertibleLinear``) is made the identity, so flow steps added to a trained
+    flow (whose couplings start at zero as built) leave what it computes unchanged at first.
     Raises ``FlowsuiteError`` when a shared entry's shape differs (a change of size cannot start
     from the trained weights); ``what`` names the source in that message.
     """
@@ -398,6 +401,10 @@ def transfer_weights(source: nn.Module, target: nn.Module, what: str = "model") 
             raise FlowsuiteError(f"cannot start from the trained {what}: its {name} is "
                                  f"{tuple(value.shape)}, the new model's {tuple(own[name].shape)}")
     target.load_state_dict({k: v for k, v in theirs.items() if k in own}, strict=False)
+    for prefix, module in target.named_modules():
+        if (callable(getattr(module, "reset_identity", None))
+                and not any(k.startswith(f"{prefix}.") for k in theirs)):
+            module.reset_identity()
 
 
 def _check_expected(info: CheckpointInfo, expected: str | tuple[str, ...] | None) -> None:

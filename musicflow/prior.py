@@ -30,18 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowsuite.core import (
-    MLP,
-    ActNorm,
-    Affine,
-    Bijection,
-    Compose,
-    Flow,
-    InvertibleLinear,
-    StandardNormal,
-    nsf,
-    realnvp,
-)
+from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal, nsf, realnvp
 from flowsuite.core.checkpoint import Configurable, register_model, transfer_weights
 from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.distributions import ContextMixture
@@ -190,11 +179,6 @@ class MelPrior(Configurable, nn.Module):
         from the trained weights)."""
         model = cls(**{**source.config, **overrides})
         transfer_weights(source, model, "prior")
-        trained = source.state_dict().keys()
-        for name, module in model.named_modules():
-            if (isinstance(module, (ActNorm, InvertibleLinear))
-                    and not any(k.startswith(f"{name}.") for k in trained)):
-                module.reset_identity()
         return model.to(source.start.device)
 
     @property

@@ -119,7 +119,7 @@ def test_init_starts_from_a_trained_model_and_adds_a_point_mixture(trained, tmp_
     assert _n_points(tmp_path / "t.ply") == 64
 
 
-def test_softflow_noise_option_sets_the_training_noise(trained, tmp_path):
+def test_softflow_noise_and_point_steps_options_change_only_their_setting(trained, tmp_path):
     from flowsuite.pointflow.model import PointFlowModel
 
     data, run = trained
@@ -129,6 +129,14 @@ def test_softflow_noise_option_sets_the_training_noise(trained, tmp_path):
     assert r.exit_code == 0, r.output
     old, new = (PointFlowModel.from_pretrained(p) for p in (run, tmp_path / "clean"))
     assert new.config == {**old.config, "softflow_max_noise": 0.0}
+    r = _run(*base, "--out", tmp_path / "deeper", "--init", run, "--point-steps",
+             old.config["point_steps"] + 2)
+    assert r.exit_code == 0, r.output
+    deeper = PointFlowModel.from_pretrained(tmp_path / "deeper")
+    assert deeper.config == {**old.config, "point_steps": old.config["point_steps"] + 2}
+    r = _run(*base, "--out", tmp_path / "none", "--init", run, "--point-steps", 0)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "--point-steps" in r.output
+    assert not (tmp_path / "none").exists()
     r = _run(*base, "--out", tmp_path / "fresh", "--preset", "tiny", "--softflow-noise", 0.01)
     assert r.exit_code == 0, r.output
     assert PointFlowModel.from_pretrained(tmp_path / "fresh").softflow_max_noise == 0.01

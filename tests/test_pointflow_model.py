@@ -256,6 +256,27 @@ def test_a_point_mixture_base_is_an_exact_density_and_starts_as_the_trained_mode
     assert path.shape == (4, 50, 3) and bool(torch.isfinite(path).all())
 
 
+def test_from_trained_grows_the_point_flow_from_the_identity():
+    """More point_steps than the trained model appends couplings (and their 3x3 maps) that start
+    as the identity: the grown model's density is the trained one's, and the new layers learn."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    trained = PointFlowModel(2, **{**TINY, "point_mixture": 2})
+    _randomize(trained, scale=0.05)
+    trained.eval()
+    steps = trained.config["point_steps"]
+    grown = PointFlowModel.from_trained(trained, point_steps=steps + 3).eval()
+    assert grown.config["point_steps"] == steps + 3
+    pts, z = sphere(3, 64, g), torch.randn(3, 8, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.points_log_prob(pts, z), trained.points_log_prob(pts, z),
+                                   rtol=1e-5, atol=1e-4)
+    grown.train()
+    (-grown.points_log_prob(pts, z).mean()).backward()
+    added = [p for name, p in grown.named_parameters() if name not in trained.state_dict()]
+    assert added and any(float(p.grad.abs().sum()) > 0 for p in added if p.grad is not None)
+
+
 def test_a_point_mixture_model_round_trips_and_old_files_load_without_one(tmp_path):
     from flowsuite.core.checkpoint import load_model, save_model
 
