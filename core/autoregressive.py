@@ -10,23 +10,29 @@ from torch import Tensor, nn
 
 from flowsuite.core.bijection import Bijection
 from flowsuite.core.conditioners import broadcast_context, linear, make_activation
-from flowsuite.core.coupling import logdet_sum, params_last
-from flowsuite.core.elementwise import ElementwiseTransform, make_transform
+from flowsuite.core.elementwise import ElementwiseTransform, logdet_sum, make_transform, params_last
 
 
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``.
 
-    A mask of all ones (every hidden layer of a two-feature MADE) is skipped.
+    A mask of all ones (every hidden layer of a two-feature MADE) is skipped. For a narrow input
+    (the first layer: at most 8 features into more outputs) the mask is stored input-major, so
+    the masked weight comes out in the layout that ``linear`` multiplies fastest on CPUs, without
+    a copy in every call.
     """
 
     def __init__(self, in_features: int, out_features: int, mask: Tensor):
         super().__init__(in_features, out_features)
-        self.register_buffer("mask", mask.float())
+        mask = mask.float()
+        if in_features <= 8 < out_features:
+            mask = mask.t().contiguous().t()
+        self.register_buffer("mask", mask)
         self.full = bool(mask.all())
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight if self.full else self.weight * self.mask, self.bias)
+        # mask first: the product takes the mask's memory layout.
+        return linear(x, self.weight if self.full else self.mask * self.weight, self.bias)
 
 
 class MADE(nn.Module):
@@ -70,12 +76,17 @@ class MADE(nn.Module):
                         if context_features else None)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        h = self.first(x)
+        # The sub-layers' ``forward`` is called directly: ``nn.Module.__call__`` costs a few
+        # microseconds per layer, a sixth of a small MAF layer's time on a CPU. Hooks therefore
+        # go on the MADE itself, not on its sub-layers.
+        h = self.first.forward(x)
         if self.context is not None:
             if context is None:
                 raise ValueError("this layer was built with context_features and needs a context")
-            h = h + self.context(broadcast_context(context, x, -1))
-        return self.rest(h)
+            h = h + self.context.forward(broadcast_context(context, x, -1))
+        for layer in self.rest:
+            h = layer.forward(h)
+        return h
 
 
 class MaskedAutoregressive(Bijection):
@@ -109,7 +120,9 @@ class MaskedAutoregressive(Bijection):
 
     def _one_pass(self, x: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
         """Transforms ``x`` (features last) with parameters computed from ``x`` itself."""
-        fn = self.transform.forward if forward else self.transform.inverse
+        if forward:
+            return self.transform.forward_packed(x, self.made(x, context), -1)
+        fn = self.transform.inverse
         y, logderiv = fn(x, self._params(x, context))
         return y, logdet_sum(logderiv)
 

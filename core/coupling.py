@@ -16,29 +16,16 @@ from torch import Tensor, nn
 
 from flowsuite.core.bijection import Bijection
 from flowsuite.core.conditioners import MLP, ChannelMLP
-from flowsuite.core.elementwise import (
+from flowsuite.core.elementwise import (  # noqa: F401 (params_last, logdet_sum: re-exported)
     Additive,
     Affine,
     ElementwiseTransform,
     RationalQuadraticSpline,
+    logdet_sum,
+    params_last,
 )
 
 ConditionerFactory = Callable[[int, int], nn.Module]
-
-
-def logdet_sum(logderiv: Tensor) -> Tensor:
-    """Sums element-wise log-derivatives ``(B, ...)`` to ``(B,)`` in float32 or wider."""
-    dims = tuple(range(1, logderiv.dim()))
-    if logderiv.dtype in (torch.float32, torch.float64):
-        return logderiv.sum(dims)
-    return logderiv.sum(dims, dtype=torch.promote_types(logderiv.dtype, torch.float32))
-
-
-def params_last(out: Tensor, dim: int, features: int, num_params: int) -> Tensor:
-    """Turns a conditioner output with ``num_params * features`` entries on ``dim`` into the
-    element-wise layout ``x.shape + (num_params,)`` where ``x`` has ``features`` on ``dim``."""
-    d = dim % out.dim()
-    return out.unflatten(d, (num_params, features)).movedim(d, -1)
 
 
 def default_conditioner(dim: int, hidden: Sequence[int] = (64, 64), context_features: int = 0,
@@ -106,8 +93,9 @@ class Coupling(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ident, changed = self._split(x)
-        y, logderiv = self.transform.forward(changed, self._params(ident, context, changed))
-        return self._join(ident, y), logdet_sum(logderiv)
+        y, logdet = self.transform.forward_packed(changed, self.conditioner(ident, context),
+                                                  self.dim)
+        return self._join(ident, y), logdet
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ident, changed = self._split(z)

@@ -14,6 +14,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def logdet_sum(logderiv: Tensor) -> Tensor:
+    """Sums element-wise log-derivatives ``(B, ...)`` to ``(B,)`` in float32 or wider."""
+    dims = tuple(range(1, logderiv.dim()))
+    if logderiv.dtype in (torch.float32, torch.float64):
+        return logderiv.sum(dims)
+    return logderiv.sum(dims, dtype=torch.promote_types(logderiv.dtype, torch.float32))
+
+
+def params_last(out: Tensor, dim: int, features: int, num_params: int) -> Tensor:
+    """Turns a conditioner output with ``num_params * features`` entries on ``dim`` into the
+    element-wise layout ``x.shape + (num_params,)`` where ``x`` has ``features`` on ``dim``."""
+    d = dim % out.dim()
+    return out.unflatten(d, (num_params, features)).movedim(d, -1)
+
+
 class ElementwiseTransform:
     """A family of scalar bijections indexed by a parameter vector of length ``num_params``."""
 
@@ -21,6 +36,15 @@ class ElementwiseTransform:
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def forward_packed(self, x: Tensor, out: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+        """``forward`` with the parameters as a conditioner packs them: ``out`` holds
+        ``num_params`` blocks of ``x.shape[dim]`` values on ``dim`` (all first parameters, then
+        all second ones, ...). Returns ``y`` and the log-determinant summed per sample ``(B,)``
+        in float32 or wider. A transform may fuse this path; the result is the same."""
+        p = params_last(out, dim, x.shape[dim], self.num_params)
+        y, logderiv = self.forward(x, p if p.dtype == x.dtype else p.to(x.dtype))
+        return y, logdet_sum(logderiv)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -50,12 +74,54 @@ class Affine(ElementwiseTransform):
         t, s = self._shift_logscale(params)
         return torch.addcmul(t, x, torch.exp(s)), s
 
+    def forward_packed(self, x: Tensor, out: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+            return _AffinePacked.apply(x, out, dim, self.scale_bound)
+        return _affine_packed(x, out, dim, self.scale_bound)[:2]
+
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         t, s = self._shift_logscale(params)
         return (y - t) * torch.exp(-s), -s
 
     def config(self) -> dict:
         return {"kind": "affine", "scale_bound": self.scale_bound}
+
+
+def _affine_packed(x: Tensor, out: Tensor, dim: int, bound: float
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``Affine.forward`` on packed parameters: ``(y, logdet, tanh(raw / bound), exp(s))``."""
+    f = x.shape[dim]
+    th = torch.tanh(out.narrow(dim, f, f) * (1 / bound))
+    s = th * bound
+    e = torch.exp(s)
+    return torch.addcmul(out.narrow(dim, 0, f), x, e), logdet_sum(s), th, e
+
+
+class _AffinePacked(torch.autograd.Function):
+    """The affine transform and its log-determinant as one autograd node with a hand-written
+    backward: on a CPU a small layer's eight element-wise nodes (views, unbind, bound, exp,
+    product, sum) cost more in autograd's bookkeeping than in arithmetic. First derivatives only
+    (double backward raises)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, out: Tensor, dim: int, bound: float) -> tuple[Tensor, Tensor]:
+        y, logdet, th, e = _affine_packed(x, out, dim, bound)
+        ctx.save_for_backward(x, th, e)
+        ctx.dim = dim
+        return y, logdet
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy: Tensor, glogdet: Tensor) -> tuple[Tensor | None, Tensor, None, None]:
+        x, th, e = ctx.saved_tensors
+        gx = gy * e
+        # d logdet / d s = 1 for every element of a sample; ds / draw = 1 - tanh^2.
+        gs = torch.addcmul(glogdet.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype), gx, x)
+        graw = gs - gs * th * th
+        return (gx if ctx.needs_input_grad[0] else None,
+                torch.cat([gy, graw], ctx.dim), None, None)
 
 
 class Additive(ElementwiseTransform):
