@@ -160,6 +160,24 @@ def time_limit_option(command: F) -> F:
              "--resume continues exactly where it stopped.")(command)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def precision_option(command: F) -> F:
+    """Decorator for a training command: ``--precision auto|bf16|fp32`` (see :func:`bf16_of`)."""
+    return click.option(
+        "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+        help="bf16: matrix products in bfloat16 under autocast, log-determinants and weights in "
+             "float32; auto takes bf16 on a GPU and fp32 on a CPU. On a CPU with bfloat16 "
+             "hardware (AMX, AVX512-BF16) bf16 trains about 1.6x faster.")(command)
+
+
+def bf16_of(precision: str) -> bool | None:
+    """``--precision`` as ``TrainConfig.bf16`` (``None``: the trainer's own choice, bf16 on
+    CUDA only)."""
+    return {"auto": None, "bf16": True, "fp32": False}[precision]
+
+
 def deadline_after(seconds: float | None) -> float | None:
     """The ``time.monotonic()`` reading ``seconds`` from now (``None`` for no limit)."""
     return None if seconds is None else time.monotonic() + seconds

@@ -18,9 +18,11 @@ import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from flowsuite.cli.common import (
+    bf16_of,
     category_list,
     deadline_after,
     model_file,
+    precision_option,
     resolve_device,
     run_warmup,
     seconds_left,
@@ -195,12 +197,13 @@ def _replay_set(replay: Path, known: list[str], stats: dict, per_category: int,
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
+@precision_option
 @time_limit_option
 def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
                         categories: str | None, units: str, replay: str,
                         replay_per_category: int | None, steps: int, batch_size: int,
                         points_per_shape: int, lr: float, device: str, seed: int, resume: bool,
-                        val_every: int | None, ckpt_every: int | None,
+                        val_every: int | None, ckpt_every: int | None, precision: str,
                         time_limit: float | None) -> None:
     """Fine-tune a point-cloud model on your own shapes.
 
@@ -275,7 +278,7 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
             tmp.write_text(json.dumps(info, indent=2) + "\n")
     summary = fit(model, data, val, out, steps=steps, batch_size=batch_size, lr=lr, device=dev,
                   seed=seed, resume=resume, val_every=val_every, ckpt_every=ckpt_every,
-                  time_limit=time_limit)
+                  time_limit=time_limit, bf16=bf16_of(precision))
     final = finish_model(out, all_cats, frame, {"finetune": json.dumps(info)})
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     click.echo(f"fine-tuned to step {summary.step}{loss}; model in {final}")
@@ -285,19 +288,21 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
 
 def _finetune_vocoder(from_path: Path | None, data_dir: Path, out: Path, device: str, *,
                       steps: int, batch_size: int, segment: int, lr: float | None, seed: int,
-                      resume: bool, deadline: float | None = None, **_: Any) -> Path:
+                      resume: bool, deadline: float | None = None, bf16: bool | None = None,
+                      **_: Any) -> Path:
     """Refines a WaveGlow (``--from``, or the shipped one) on the audio in ``data_dir``."""
     from flowsuite.cli.vocoder_cmds import _load, fit_vocoder
 
     model = _load(_source(from_path, "waveglow"), resolve_device(device))
     return fit_vocoder(model, data_dir, out, device=device, steps=steps, batch_size=batch_size,
                        segment=segment, lr=5e-5 if lr is None else lr, seed=seed, resume=resume,
-                       time_limit=seconds_left(deadline))
+                       time_limit=seconds_left(deadline), bf16=bf16)
 
 
 def _finetune_prior(from_path: Path | None, data_dir: Path, out: Path, device: str, *,
                     steps: int, batch_size: int, segment_frames: int, lr: float | None,
-                    seed: int, resume: bool, deadline: float | None = None, **_: Any) -> Path:
+                    seed: int, resume: bool, deadline: float | None = None,
+                    bf16: bool | None = None, **_: Any) -> Path:
     """Refines a mel prior (``--from``, or the shipped one) on the audio in ``data_dir``: it keeps
     its own band statistics and styles; unlabelled audio trains its "no style" context."""
     from flowsuite.core.checkpoint import load_model
@@ -313,7 +318,7 @@ def _finetune_prior(from_path: Path | None, data_dir: Path, out: Path, device: s
     every = min(500, steps)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-4 if lr is None else lr,
                          seed=seed, device=dev, warmup=run_warmup(out, steps, resume, cap=200),
-                         val_every=every, ckpt_every=every)
+                         val_every=every, ckpt_every=every, bf16=bf16)
     summary = train_prior(model, corpus, out, config, segment_frames=segment_frames,
                           resume=resume, time_limit=seconds_left(deadline))
     stop_if_unfinished(summary, out)
@@ -347,7 +352,8 @@ def _finetune_both(from_path: Path | None, data_dir: Path, out: Path, device: st
 # --from (None: the shipped model, found with `_source`), the data folder, the run folder,
 # --device and the training settings as keywords (steps, batch_size, segment, segment_frames,
 # lr (None: the part's default), seed, resume, deadline (a time.monotonic() reading at which
-# training stops with a checkpoint, or None)), and returns the fine-tuned model's path.
+# training stops with a checkpoint, or None), bf16 (TrainConfig.bf16)), and returns the
+# fine-tuned model's path.
 # --part offers exactly these names.
 MUSIC_PARTS: dict[str, Callable[..., Path]] = {
     "vocoder": _finetune_vocoder, "prior": _finetune_prior, "both": _finetune_both}
@@ -379,14 +385,16 @@ MUSIC_PARTS: dict[str, Callable[..., Path]] = {
               type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@precision_option
 @time_limit_option
 def finetune_music(part: str, from_path: Path | None, data_dir: Path, out_dir: Path, steps: int,
                    batch_size: int, segment: int, segment_frames: int, lr: float | None,
-                   device: str, seed: int, resume: bool, time_limit: float | None) -> None:
+                   device: str, seed: int, resume: bool, precision: str,
+                   time_limit: float | None) -> None:
     """Fine-tune a part of the music model on your own audio."""
     # One deadline for the whole command: with --part both the parts share the time.
     path = MUSIC_PARTS[part](from_path, data_dir, out_dir, device, steps=steps,
                              batch_size=batch_size, segment=segment,
                              segment_frames=segment_frames, lr=lr, seed=seed, resume=resume,
-                             deadline=deadline_after(time_limit))
+                             deadline=deadline_after(time_limit), bf16=bf16_of(precision))
     click.echo(f"fine-tuned the {part} for {steps} steps; model: {path}")

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from flowsuite.cli.common import (
+    bf16_of,
     config_option,
     model_file,
+    precision_option,
     resolve_device,
     run_warmup,
     stop_if_unfinished,
@@ -75,11 +77,12 @@ def _resume_config(out_dir: Path) -> dict | None:
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
                    "fresh.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@precision_option
 @time_limit_option
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
-                    flows: int | None, init_path: Path | None, resume: bool,
+                    flows: int | None, init_path: Path | None, resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
@@ -123,7 +126,7 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                          warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,
-                         ckpt_every=every)
+                         ckpt_every=every, bf16=bf16_of(precision))
     summary = train_prior(model, corpus, out_dir, config, val=val,
                           segment_frames=segment_frames, resume=resume, time_limit=time_limit)
     stop_if_unfinished(summary, out_dir)

@@ -16,8 +16,10 @@ from typing import Any
 import click
 
 from flowsuite.cli.common import (
+    bf16_of,
     category_list,
     config_option,
+    precision_option,
     resolve_device,
     run_warmup,
     stop_if_unfinished,
@@ -82,13 +84,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "pointcloud`.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
+@precision_option
 @time_limit_option
 def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: int,
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
                      resume: bool, latent_dim: int | None, preset: str, point_mixture: int | None,
                      softflow_noise: float | None, point_steps: int | None,
                      init_path: Path | None, val_every: int | None,
-                     ckpt_every: int | None,
+                     ckpt_every: int | None, precision: str,
                      time_limit: float | None) -> None:
     """Train a point-cloud model (PointFlow) on a folder of shapes."""
     from flowsuite.pointflow.model import PointFlowModel
@@ -125,7 +128,7 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
                f"({len(val_set) if val_set is not None else 0} for validation), {dev}")
     summary = fit(model, train_set, val_set, out, steps=steps, batch_size=batch_size, lr=lr,
                   device=dev, seed=seed, resume=resume, val_every=val_every,
-                  ckpt_every=ckpt_every, time_limit=time_limit)
+                  ckpt_every=ckpt_every, time_limit=time_limit, bf16=bf16_of(precision))
     final = finish_model(out, train_set.categories, train_set.stats)
     loss = f", final loss {summary.final_loss:.4g}" if summary.final_loss is not None else ""
     click.echo(f"trained to step {summary.step}{loss}; model in {final}")
@@ -158,17 +161,19 @@ def open_sets(data_dir: Path, categories: list[str] | None, points_per_shape: in
 
 def fit(model, train_set, val_set, out: Path, *, steps: int, batch_size: int, lr: float,
         device: str, seed: int, resume: bool, val_every: int | None = None,
-        ckpt_every: int | None = None, time_limit: float | None = None):
+        ckpt_every: int | None = None, time_limit: float | None = None,
+        bf16: bool | None = None):
     """Trains ``model`` (a fresh one, or a loaded one to fine-tune) into the run folder ``out``
     with the trainer's schedule; returns the trainer's ``FitSummary``. A run stopped by
-    ``time_limit`` (seconds) ends the command here with one line and exit status 3."""
+    ``time_limit`` (seconds) ends the command here with one line and exit status 3. ``bf16``:
+    ``TrainConfig.bf16`` (``None``: bf16 autocast on CUDA only)."""
     from flowsuite.core.trainer import TrainConfig, Trainer
 
     config = TrainConfig(steps=steps, batch_size=min(batch_size, len(train_set)), lr=lr,
                          warmup=run_warmup(out, steps, resume),
                          val_every=val_every or min(500, steps),
                          ckpt_every=ckpt_every or min(500, steps), log_every=min(50, steps),
-                         seed=seed, device=device)
+                         seed=seed, device=device, bf16=bf16)
     summary = Trainer(model, train_set, config, out_dir=out, val_set=val_set).fit(
         resume=resume, time_limit=time_limit)
     stop_if_unfinished(summary, out)

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from flowsuite.cli.common import (
+    bf16_of,
     config_option,
+    precision_option,
     resolve_device,
     run_warmup,
     stop_if_unfinished,
@@ -89,24 +91,26 @@ def _held_out(root: Path, segment: int):
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out where it stopped.")
+@precision_option
 @time_limit_option
 def train_vocoder(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                   segment: int, lr: float, device: str, seed: int, resume: bool,
-                  time_limit: float | None) -> None:
+                  precision: str, time_limit: float | None) -> None:
     """Train a WaveGlow vocoder (mel spectrogram to audio)."""
     path = fit_vocoder(_make_model(preset), data_dir, out_dir, steps=steps,
                        batch_size=batch_size, segment=segment, lr=lr, device=device, seed=seed,
-                       resume=resume, time_limit=time_limit)
+                       resume=resume, time_limit=time_limit, bf16=bf16_of(precision))
     click.echo(f"trained {steps} steps; model: {path}")
 
 
 def fit_vocoder(model, data_dir: Path, out_dir: Path, *, steps: int, batch_size: int,
                 segment: int, lr: float, device: str, seed: int, resume: bool,
-                time_limit: float | None = None) -> Path:
+                time_limit: float | None = None, bf16: bool | None = None) -> Path:
     """Trains ``model`` (a fresh WaveGlow, or a loaded one to fine-tune) on the audio in
     ``data_dir`` into the run folder ``out_dir``; returns the final model's path. The code path
     of both `gen train vocoder` and `gen finetune music --part vocoder`. A run stopped by
-    ``time_limit`` (seconds) ends the command here with one line and exit status 3."""
+    ``time_limit`` (seconds) ends the command here with one line and exit status 3. ``bf16``:
+    ``TrainConfig.bf16`` (``None``: bf16 autocast on CUDA only)."""
     from flowsuite.core.trainer import TrainConfig, Trainer
     from flowsuite.musicflow.mel import HOP
 
@@ -118,7 +122,7 @@ def fit_vocoder(model, data_dir: Path, out_dir: Path, *, steps: int, batch_size:
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                          warmup=run_warmup(out_dir, steps, resume), val_every=every,
-                         ckpt_every=every)
+                         ckpt_every=every, bf16=bf16)
     # Items are {"audio", "style", "file"}; WaveGlow.forward takes the collated dict's "audio"
     # and computes the mel itself.
     trainer = Trainer(model, train_set, config, out_dir=out_dir, val_set=val_set)

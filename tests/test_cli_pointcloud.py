@@ -330,3 +330,21 @@ def test_point_temperature_scales_the_points_noise(trained, tmp_path, error_line
     assert r.exit_code == 0, r.output
     assert "point temperature: 0.5" in r.output
     assert json.loads(js.read_text())["chair"]["point_temperature"] == 0.5
+
+
+def test_precision_option_sets_the_trainers_autocast(trained, tmp_path):
+    """--precision bf16 trains under bfloat16 autocast on the CPU (weights stay float32), fp32
+    turns autocast off, auto leaves the trainer's choice (bf16 on CUDA only)."""
+    data, run = trained
+    base = ["train", "pointcloud", "--data", data, "--steps", 2, "--batch-size", 4,
+            "--points-per-shape", 64, "--device", "cpu", "--init", run]
+    for precision, expected in (("bf16", True), ("fp32", False), ("auto", None)):
+        out = tmp_path / precision
+        r = _run(*base, "--out", out, "--precision", precision)
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "config.json").read_text())["bf16"] is expected
+    model = load_model(tmp_path / "bf16" / "model.safetensors")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    r = _run(*base, "--out", tmp_path / "bad", "--precision", "fp8")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "--precision" in r.output
+    assert not (tmp_path / "bad").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -558,3 +559,35 @@ def test_gen_music_uses_griffin_lim_when_no_waveglow_ships(models, tmp_path, mon
     r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim", "--out",
                 tmp_path / "gl2.wav", "--device", "cpu")
     assert r.exit_code == 0 and "ships" not in r.output, r.output
+
+
+def test_precision_reaches_the_trainer_of_every_music_part(models, music_set, tmp_path):
+    """--precision bf16 / fp32 of `gen train prior|vocoder` and `gen finetune music` sets the
+    trainer's autocast (config.json's bf16); the weights stay float32."""
+    run, voc = models
+
+    def bf16(folder: Path):
+        return json.loads((folder / "config.json").read_text())["bf16"]
+
+    r = _invoke("train", "prior", "--data", music_set, "--out", tmp_path / "p", "--init", run,
+                "--steps", 1, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu",
+                "--precision", "bf16")
+    assert r.exit_code == 0, r.output
+    assert bf16(tmp_path / "p") is True
+    model = load_model(tmp_path / "p" / "model.safetensors", expected="mel-prior")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    r = _invoke("train", "vocoder", "--data", music_set, "--out", tmp_path / "v", "--preset",
+                "tiny", "--steps", 1, "--batch-size", 2, "--segment", 1024, "--device", "cpu",
+                "--precision", "fp32")
+    assert r.exit_code == 0, r.output
+    assert bf16(tmp_path / "v") is False
+    start = tmp_path / "start"
+    start.mkdir()
+    shutil.copy(run / "model.safetensors", start / "prior.safetensors")
+    shutil.copy(voc, start / "vocoder.safetensors")
+    r = _invoke("finetune", "music", "--part", "both", "--from", start, "--data", music_set,
+                "--out", tmp_path / "both", "--steps", 1, "--batch-size", 2,
+                "--segment-frames", 16, "--segment", 1024, "--device", "cpu",
+                "--precision", "bf16")
+    assert r.exit_code == 0, r.output
+    assert bf16(tmp_path / "both" / "prior") is True and bf16(tmp_path / "both" / "vocoder") is True
