@@ -169,7 +169,8 @@ def precision_option(command: F) -> F:
         "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
         help="bf16: matrix products in bfloat16 under autocast, log-determinants and weights in "
              "float32; auto takes bf16 on a GPU and fp32 on a CPU. On a CPU with bfloat16 "
-             "hardware (AMX, AVX512-BF16) bf16 trains about 1.6x faster.")(command)
+             "hardware (AMX, AVX512-BF16) bf16 trains about 1.4x faster, at a slightly worse "
+             "likelihood (BENCHMARKS.md).")(command)
 
 
 def bf16_of(precision: str) -> bool | None:
