@@ -23,12 +23,15 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from core_vs_peers import cpu_model  # noqa: E402
 
 BATCHES = {"pointflow": "32 shapes x 512 points", "prior": "16 mels x 128 frames",
            "waveglow": "8 segments x 16384 samples"}
@@ -42,16 +45,6 @@ def cpu_flags() -> list[str]:
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
                   if ln.startswith("flags")), [])
     return sorted(f for f in flags if f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
-
-
-def cpu_name() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make(name: str) -> tuple[torch.nn.Module, dict]:
@@ -134,7 +127,7 @@ def main() -> None:
     results = {
         "command": "python bench/train_precision.py --models " + " ".join(args.models)
                    + f" --threads {args.threads} --rounds {args.rounds} --steps {args.steps}",
-        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{args.threads} thread(s)",
         "cpu_flags": cpu_flags(), "load_average_before": os.getloadavg(), "runs": []}
     print(results["machine"], "| bf16 hardware flags:", " ".join(results["cpu_flags"]) or "none")
