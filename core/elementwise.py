@@ -116,12 +116,18 @@ class _AffinePacked(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy: Tensor, glogdet: Tensor) -> tuple[Tensor | None, Tensor, None, None]:
         x, th, e = ctx.saved_tensors
-        gx = gy * e
-        # d logdet / d s = 1 for every element of a sample; ds / draw = 1 - tanh^2.
-        gs = torch.addcmul(glogdet.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype), gx, x)
-        graw = gs - gs * th * th
-        return (gx if ctx.needs_input_grad[0] else None,
-                torch.cat([gy, graw], ctx.dim), None, None)
+        gx, gout = _affine_packed_backward(x, th, e, gy, glogdet, ctx.dim)
+        return gx if ctx.needs_input_grad[0] else None, gout, None, None
+
+
+def _affine_packed_backward(x: Tensor, th: Tensor, e: Tensor, gy: Tensor, glogdet: Tensor,
+                            dim: int) -> tuple[Tensor, Tensor]:
+    """The gradients of ``_affine_packed``'s ``(y, logdet)`` for ``x`` (through ``y`` only) and
+    for the packed parameters, from the ``th`` and ``e`` that it returned."""
+    gx = gy * e
+    # d logdet / d s = 1 for every element of a sample; ds / draw = 1 - tanh^2.
+    gs = torch.addcmul(glogdet.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype), gx, x)
+    return gx, torch.cat([gy, gs - gs * th * th], dim)
 
 
 class Additive(ElementwiseTransform):

@@ -260,3 +260,91 @@ def test_fused_affine_matches_the_elementwise_path_in_values_and_gradients(shape
     # Only the data needs no gradient: the parameters still get theirs.
     (y2, _), = [affine.forward_packed(x.detach(), out, dim)]
     assert torch.autograd.grad(y2.sum(), out)[0].shape == out.shape
+
+
+def _fused(t) -> bool:
+    """Whether ``_MadeAffine`` made ``t`` (directly or through a view of its output)."""
+    fn = t.grad_fn
+    while fn is not None and type(fn).__name__ != "_MadeAffineBackward":
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+        if fn is not None and type(fn).__name__.startswith("AccumulateGrad"):
+            return False
+    return fn is not None
+
+
+def _composed_maf_pass(layer: MaskedAutoregressive, x, context):
+    """The likelihood pass of ``layer`` through its MADE module and the packed affine transform:
+    the path that ``_MadeAffine`` stands in for."""
+    x_last = torch.movedim(x, layer.dim, -1)
+    y, ld = layer.transform.forward_packed(x_last, layer.made(x_last, context), -1)
+    return torch.movedim(y, -1, layer.dim), ld
+
+
+@pytest.mark.parametrize("shape,context_shape,dim,hidden,order", [
+    ((6, 2), None, -1, (16, 16), None),
+    ((6, 5), (6, 3), -1, (16, 12, 10), "reverse"),
+    ((3, 7, 3), (3, 2), -1, (16, 16), None),
+    ((3, 7, 3), (3, 7, 2), -1, (8,), None),
+    ((3, 4, 9), (3, 2), 1, (16, 16), "reverse"),
+])
+def test_fused_maf_layer_matches_the_composed_path(shape, context_shape, dim, hidden, order):
+    """A MAF layer's likelihood pass on a CPU (``_MadeAffine``: MADE and affine transform as one
+    autograd node with a hand-written backward) gives the values and the gradients of the MADE
+    module followed by the affine transform, for the data, the context and every parameter."""
+    torch.manual_seed(0)
+    features = shape[dim]
+    layer = MaskedAutoregressive(features, hidden, context_features=(context_shape or (0, 0))[-1],
+                                 order=order, dim=dim).double()
+    for p in layer.parameters():  # away from the identity start
+        torch.nn.init.normal_(p, std=0.4)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    context = (torch.randn(context_shape, dtype=torch.float64, requires_grad=True)
+               if context_shape else None)
+    y, ld = layer(x, context)
+    assert _fused(y)
+    y_ref, ld_ref = _composed_maf_pass(layer, x, context)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    inputs = [x, *([context] if context is not None else []), *layer.parameters()]
+    gy, gld = torch.randn_like(y), torch.randn_like(ld)
+    grads = torch.autograd.grad((y * gy).sum() + (ld * gld).sum(), inputs)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (ld_ref * gld).sum(), inputs)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(g.abs().sum() > 0 for g in grads)
+    if context is None:
+        assert torch.autograd.gradcheck(lambda a: layer(a), (x,))
+    else:
+        assert torch.autograd.gradcheck(lambda a, c: layer(a, c), (x, context))
+    # Frozen weights with data that needs a gradient, and float32.
+    layer.float().requires_grad_(False)
+    x32 = x.detach().float().requires_grad_()
+    c32 = None if context is None else context.detach().float()
+    y32, ld32 = layer(x32, c32)
+    assert _fused(y32)
+    y32_ref, ld32_ref = _composed_maf_pass(layer, x32, c32)
+    g32 = torch.autograd.grad(y32.sum() + ld32.sum(), x32)[0]
+    g32_ref = torch.autograd.grad(y32_ref.sum() + ld32_ref.sum(), x32)[0]
+    torch.testing.assert_close(g32, g32_ref)
+    torch.testing.assert_close(y32, y32_ref)
+
+
+def test_maf_layer_keeps_the_composed_path_where_the_fused_one_does_not_apply():
+    """Without autograd, under autocast, with other activations or transforms, or with hooks on
+    the MADE (which must fire), the MAF layer runs its MADE module."""
+    x = torch.randn(8, 3, requires_grad=True)
+
+    assert _fused(MaskedAutoregressive(3)(x)[0])
+    assert not _fused(MaskedAutoregressive(3, activation="tanh")(x)[0])
+    assert not _fused(MaskedAutoregressive(3, transform="spline")(x)[0])
+    layer = MaskedAutoregressive(3)
+    seen = []
+    handle = layer.made.register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    assert not _fused(layer(x)[0]) and seen == [(8, 6)]
+    handle.remove()
+    assert _fused(layer(x)[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _fused(layer(x)[0])
+    with torch.no_grad():
+        y, _ = layer(x)
+    assert y.grad_fn is None
