@@ -38,12 +38,9 @@ class MaskedLinear(nn.Linear):
         self.register_buffer("mask", mask)
         self.full = bool(mask.all())
 
-    def masked_weight(self) -> Tensor:
-        # mask first: the product takes the mask's memory layout.
-        return self.weight if self.full else self.mask * self.weight
-
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.masked_weight(), self.bias)
+        # mask first: the product takes the mask's memory layout.
+        return linear(x, self.weight if self.full else self.mask * self.weight, self.bias)
 
 
 class MADE(nn.Module):
@@ -123,8 +120,9 @@ class _MadeAffine(torch.autograd.Function):
     hand-written backward (``MaskedAutoregressive``'s likelihood pass on CPUs).
 
     A small MAF layer is bound by memory traffic and autograd's bookkeeping, not by arithmetic:
-    here the ReLUs act in place, the backward masks gradients in place and nothing but the
-    hidden activations is kept, about half the memory the composed autograd graph touches.
+    here the ReLUs act in place, the backward masks gradients in place, and of the MLP's
+    intermediates only the hidden activations are kept: about half the fresh memory the
+    composed autograd graph touches.
     First derivatives only (double backward raises).
 
     ``x: (B, ..., F)``; ``cproj``: the context's share of the first hidden layer or None;
