@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -115,70 +115,119 @@ def _weight_grad(g: Tensor, h: Tensor) -> Tensor:
     return g.t() @ h
 
 
-class _MadeAffine(torch.autograd.Function):
-    """A MADE with ReLUs and the affine transform it parameterises, as one autograd node with a
-    hand-written backward (``MaskedAutoregressive``'s likelihood pass on CPUs).
+class _MadeAffineChain(torch.autograd.Function):
+    """A chain of MAF layers' likelihood passes (each a MADE of ReLUs and the affine transform
+    it parameterises), as one autograd node with a hand-written backward: ``MaskedAutoregressive``
+    on CPUs, alone or as a run of consecutive layers in a ``Compose``.
 
-    A small MAF layer is bound by memory traffic and autograd's bookkeeping, not by arithmetic:
-    here the ReLUs act in place, the backward masks gradients in place, and of the MLP's
-    intermediates only the hidden activations are kept: about half the fresh memory the
-    composed autograd graph touches.
-    First derivatives only (double backward raises).
+    A small MAF layer is bound by memory traffic and by the bookkeeping around its operations,
+    not by arithmetic: here the ReLUs act in place, the backward masks gradients in place, of
+    the MLPs' intermediates only the hidden activations are kept (about half the fresh memory
+    that the composed autograd graph touches), and a whole run of layers is one node whose
+    log-determinants are summed in place. First derivatives only (double backward raises).
 
-    ``x: (B, ..., F)``; ``cproj``: the context's share of the first hidden layer or None;
-    ``params``: weight and bias of each masked layer in turn, with their ``masks`` (None where
-    a mask is all ones).
+    ``x: (B, ..., F)``, features last. ``plan``: per layer ``(n, has_context, bound, masks)``
+    (its ``n`` masked linear layers, whether a context projection comes with it, its scale
+    bound, and the ``n`` masks, None where all ones). ``tensors``: per layer, the context's
+    share of its first hidden layer (where ``has_context``), then the weight and bias of each
+    masked linear layer in turn. Returns ``(y, logdet)``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, cproj: Tensor | None, bound: float, masks: list,
-                *params: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, x: Tensor, plan: tuple, *tensors: Tensor) -> tuple[Tensor, Tensor]:
         shape = x.shape
         f = shape[-1]
-        x2 = x.reshape(-1, f)
-        weights = [w if m is None else m * w for m, w in zip(masks, params[0::2], strict=True)]
-        biases = params[1::2]
-        h, hidden = x2, []
-        for i in range(len(weights) - 1):
-            a = torch.addmm(biases[i], h, weights[i].t())
-            if i == 0 and cproj is not None:
-                a.view(*shape[:-1], -1).add_(cproj)
-            h = a.relu_()
-            hidden.append(h)
-        out = torch.addmm(biases[-1], h, weights[-1].t()).view(*shape[:-1], 2 * f)
-        y, logdet, th, e = _affine_packed(x, out, -1, bound)
-        ctx.save_for_backward(x, th, e, *hidden, *weights)
-        ctx.masks = masks
-        ctx.cshape = None if cproj is None else cproj.shape
-        return y, logdet
+        saved: list[Tensor] = []
+        cshapes: list[torch.Size | None] = []
+        total: Tensor | None = None
+        k = 0
+        for n, has_context, bound, masks in plan:
+            cproj = tensors[k] if has_context else None
+            k += has_context
+            params = tensors[k:k + 2 * n]
+            k += 2 * n
+            weights = [w if m is None else m * w for m, w in zip(masks, params[0::2], strict=True)]
+            biases = params[1::2]
+            h = x.reshape(-1, f)
+            hidden = []
+            for i in range(n - 1):
+                a = torch.addmm(biases[i], h, weights[i].t())
+                if i == 0 and cproj is not None:
+                    a.view(*shape[:-1], -1).add_(cproj)
+                h = a.relu_()
+                hidden.append(h)
+            out = torch.addmm(biases[-1], h, weights[-1].t()).view(*shape[:-1], 2 * f)
+            y, logdet, th, e = _affine_packed(x, out, -1, bound)
+            saved += [x, th, e, *hidden, *weights]
+            cshapes.append(None if cproj is None else cproj.shape)
+            # The first log-determinant is a fresh sum, so the total may grow in place.
+            total = logdet if total is None else total.add_(logdet)
+            x = y
+        ctx.save_for_backward(*saved)
+        ctx.plan, ctx.cshapes = plan, cshapes
+        return x, total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy: Tensor, glogdet: Tensor) -> tuple[Tensor | None, ...]:
-        x, th, e, *rest = ctx.saved_tensors
-        n = len(ctx.masks)
-        hidden, weights = rest[:n - 1], rest[n - 1:]
-        shape, f = x.shape, x.shape[-1]
+        saved = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gout = _affine_packed_backward(x, th, e, gy, glogdet, -1)
-        g = gout.reshape(-1, 2 * f)  # the gradient of the last layer's output
-        grads: list[Tensor | None] = [None] * (2 * n)
-        gcproj = None
-        for i in range(n - 1, -1, -1):
-            h = hidden[i - 1] if i > 0 else x.reshape(-1, f)
-            if need[4 + 2 * i]:
-                gw = _weight_grad(g, h)
-                grads[2 * i] = gw if ctx.masks[i] is None else gw.mul_(ctx.masks[i])
-            if need[5 + 2 * i]:
-                grads[2 * i + 1] = g.sum(0)
-            if i > 0:
-                gh = g @ weights[i]
-                g = torch.ops.aten.threshold_backward.grad_input(gh, h, 0, grad_input=gh)
-                if i == 1 and need[1]:
-                    gcproj = g.view(*shape[:-1], -1).sum_to_size(ctx.cshape)
-            elif need[0]:
-                gx = torch.addmm(gx.reshape(-1, f), g, weights[0]).view(shape)
-        return (gx if need[0] else None, gcproj, None, None, *grads)
+        plan = ctx.plan
+        # Where each layer's saved tensors and inputs start.
+        starts, firsts, s, k = [], [], 0, 2
+        for n, has_context, _, _ in plan:
+            starts.append(s)
+            firsts.append(k)
+            s += 2 + 2 * n
+            k += has_context + 2 * n
+        grads: list[Tensor | None] = [None] * (k - 2)
+        for layer in range(len(plan) - 1, -1, -1):
+            n, has_context, _, masks = plan[layer]
+            s, k = starts[layer], firsts[layer]
+            x, th, e = saved[s:s + 3]
+            hidden, weights = saved[s + 3:s + 2 + n], saved[s + 2 + n:s + 2 + 2 * n]
+            shape, f = x.shape, x.shape[-1]
+            gx, gout = _affine_packed_backward(x, th, e, gy, glogdet, -1)
+            g = gout.reshape(-1, 2 * f)  # the gradient of the last linear layer's output
+            p = k + has_context  # the input index of this layer's first weight
+            for i in range(n - 1, -1, -1):
+                h = hidden[i - 1] if i > 0 else x.reshape(-1, f)
+                if need[p + 2 * i]:
+                    gw = _weight_grad(g, h)
+                    grads[p + 2 * i - 2] = gw if masks[i] is None else gw.mul_(masks[i])
+                if need[p + 2 * i + 1]:
+                    grads[p + 2 * i - 1] = g.sum(0)
+                if i > 0:
+                    gh = g @ weights[i]
+                    g = torch.ops.aten.threshold_backward.grad_input(gh, h, 0, grad_input=gh)
+                    if i == 1 and has_context and need[k]:
+                        grads[k - 2] = g.view(*shape[:-1], -1).sum_to_size(ctx.cshapes[layer])
+                elif layer > 0 or need[0]:
+                    gx = torch.addmm(gx.reshape(-1, f), g, weights[0]).view(shape)
+            gy = gx
+        return (gy if need[0] else None, None, *grads)
+
+
+def _maf_chain(layers: Sequence[MaskedAutoregressive], x: Tensor, context: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+    """The likelihood pass of consecutive MAF layers (each ``_fusable``, all on the same ``dim``)
+    through ``_MadeAffineChain``."""
+    dim = layers[0].dim
+    last = layers[0]._features_last(x)
+    if not last:
+        x = torch.movedim(x, dim, -1)
+    plan, tensors = [], []
+    for layer in layers:
+        made = layer.made
+        linears = made.linears()
+        if made.context is not None:
+            tensors.append(made.context_projection(x, context))
+        for m in linears:
+            tensors += (m.weight, m.bias)
+        plan.append((len(linears), made.context is not None, layer.transform.scale_bound,
+                     [None if m.full else m.mask for m in linears]))
+    z, logdet = _MadeAffineChain.apply(x, tuple(plan), *tensors)
+    return (z if last else torch.movedim(z, -1, dim)), logdet
 
 
 class MaskedAutoregressive(Bijection):
@@ -213,30 +262,34 @@ class MaskedAutoregressive(Bijection):
     def _one_pass(self, x: Tensor, context: Tensor | None, forward: bool) -> tuple[Tensor, Tensor]:
         """Transforms ``x`` (features last) with parameters computed from ``x`` itself."""
         if forward:
-            if self._fusable(x):
-                made = self.made
-                layers = made.linears()
-                cproj = None if made.context is None else made.context_projection(x, context)
-                params = [t for m in layers for t in (m.weight, m.bias)]
-                return _MadeAffine.apply(x, cproj, self.transform.scale_bound,
-                                         [None if m.full else m.mask for m in layers], *params)
             return self.transform.forward_packed(x, self.made(x, context), -1)
         fn = self.transform.inverse
         y, logderiv = fn(x, self._params(x, context))
         return y, logdet_sum(logderiv)
 
     def _fusable(self, x: Tensor) -> bool:
-        """Whether the likelihood pass may take ``_MadeAffine``: an affine MADE layer of ReLUs
+        """Whether the likelihood pass may take ``_MadeAffineChain``: an affine MAF layer of ReLUs
         without hooks on its MADE, training in float32 or float64 on a CPU (measured there; CUDA,
         autocast and ``torch.compile`` keep the composed path, which they fuse themselves)."""
         made = self.made
-        return (made.relu and x.device.type == "cpu" and torch.is_grad_enabled()
+        return (made.relu and self.direction == "maf" and x.device.type == "cpu"
+                and torch.is_grad_enabled()
                 and isinstance(self.transform, Affine)
                 and x.dtype in (torch.float32, torch.float64)
                 and made.first.weight.dtype == x.dtype
                 and not made._forward_hooks and not made._forward_pre_hooks
                 and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling())
+
+    def _fusion_key(self, x: Tensor) -> Hashable | None:
+        if type(self).forward is not MaskedAutoregressive.forward or not self._fusable(x):
+            return None
+        return (MaskedAutoregressive, self.dim % x.dim())
+
+    @classmethod
+    def _forward_run(cls, run: Sequence[Bijection], x: Tensor, context: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
+        return _maf_chain(run, x, context)
 
     def _sequential(self, y: Tensor, context: Tensor | None,
                     forward: bool) -> tuple[Tensor, Tensor]:
@@ -255,6 +308,8 @@ class MaskedAutoregressive(Bijection):
         return self.dim in (-1, x.dim() - 1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self._fusable(x):
+            return _maf_chain([self], x, context)
         last = self._features_last(x)
         if not last:
             x = torch.movedim(x, self.dim, -1)

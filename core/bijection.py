@@ -7,10 +7,11 @@ the log-absolute-determinant of their own Jacobian with the batch shape ``(x.sha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _hooks
 
 
 def sum_except_batch(t: Tensor) -> Tensor:
@@ -29,6 +30,19 @@ class Bijection(nn.Module):
         raise NotImplementedError
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _fusion_key(self, x: Tensor) -> Hashable | None:
+        """A key under which ``Compose.forward`` may pass this layer, with the consecutive
+        layers of an equal key, to ``type(self)._forward_run`` in one call, bypassing their
+        ``__call__`` (it does so only for layers without hooks); None (the default): never.
+        For layers whose forward passes cost less fused than one by one."""
+        return None
+
+    @classmethod
+    def _forward_run(cls, run: Sequence[Bijection], x: Tensor, context: Tensor | None
+                     ) -> tuple[Tensor, Tensor]:
+        """``forward`` of the layers of ``run`` in turn, the log-determinants summed."""
         raise NotImplementedError
 
 
@@ -70,9 +84,19 @@ class Compose(Bijection):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         lds = []
-        for b in self.bijections:
-            x, ld = b(x, context)
+        parts = list(self.bijections)
+        i = 0
+        while i < len(parts):
+            b = parts[i]
+            # A run of consecutive layers that fuse (Bijection._fusion_key) goes in one call.
+            key = b._fusion_key(x) if _plain(b) else None
+            j = i + 1
+            if key is not None:
+                while j < len(parts) and _plain(parts[j]) and parts[j]._fusion_key(x) == key:
+                    j += 1
+            x, ld = type(b)._forward_run(parts[i:j], x, context) if j - i > 1 else b(x, context)
             lds.append(ld)
+            i = j
         return x, _total(lds, x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -81,6 +105,14 @@ class Compose(Bijection):
             z, ld = b.inverse(z, context)
             lds.append(ld)
         return z, _total(lds, z)
+
+
+def _plain(m: nn.Module) -> bool:
+    """Whether calling ``m`` runs nothing but its ``forward``: no hooks, its own or global."""
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks or _hooks._global_forward_hooks
+                or _hooks._global_forward_pre_hooks or _hooks._global_backward_hooks
+                or _hooks._global_backward_pre_hooks)
 
 
 def _total(lds: list[Tensor], like: Tensor) -> Tensor:

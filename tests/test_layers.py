@@ -263,9 +263,9 @@ def test_fused_affine_matches_the_elementwise_path_in_values_and_gradients(shape
 
 
 def _fused(t) -> bool:
-    """Whether ``_MadeAffine`` made ``t`` (directly or through a view of its output)."""
+    """Whether ``_MadeAffineChain`` made ``t`` (directly or through a view of its output)."""
     fn = t.grad_fn
-    while fn is not None and type(fn).__name__ != "_MadeAffineBackward":
+    while fn is not None and type(fn).__name__ != "_MadeAffineChainBackward":
         fn = fn.next_functions[0][0] if fn.next_functions else None
         if fn is not None and type(fn).__name__.startswith("AccumulateGrad"):
             return False
@@ -348,3 +348,118 @@ def test_maf_layer_keeps_the_composed_path_where_the_fused_one_does_not_apply():
     with torch.no_grad():
         y, _ = layer(x)
     assert y.grad_fn is None
+
+
+def _chain_nodes(t) -> int:
+    """How many ``_MadeAffineChain`` nodes the graph of ``t`` holds."""
+    seen, stack, count = set(), [t.grad_fn], 0
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        count += type(fn).__name__ == "_MadeAffineChainBackward"
+        stack += [f for f, _ in fn.next_functions]
+    return count
+
+
+def _composed_chain(layers, x, context):
+    """``Compose.forward`` of ``layers`` through each layer's MADE module and packed affine
+    transform (or its own ``forward`` for other layers)."""
+    total = 0
+    for b in layers:
+        x, ld = (_composed_maf_pass(b, x, context) if isinstance(b, MaskedAutoregressive)
+                 else b(x, context))
+        total = total + ld
+    return x, total
+
+
+@pytest.mark.parametrize("shape,context_shape,dim", [
+    ((6, 3), None, -1),
+    ((6, 4), (6, 2), -1),
+    ((3, 5, 3), (3, 5, 2), -1),
+    ((3, 4, 7), (3, 2), 1),
+])
+def test_a_run_of_maf_layers_in_compose_is_one_node_with_the_composed_values_and_gradients(
+        shape, context_shape, dim):
+    """Consecutive MAF layers in a ``Compose`` run as one ``_MadeAffineChain`` node (different
+    depths, orders and contexts in one run) and give the values and gradients, for the data, the
+    context and every parameter, of the layers run one by one through their MADE modules."""
+    torch.manual_seed(0)
+    features, c = shape[dim], (context_shape or (0, 0))[-1]
+    layers = [MaskedAutoregressive(features, hidden, context_features=c * with_c, order=order,
+                                   dim=dim)
+              for hidden, with_c, order in [((16, 16), 1, None), ((8,), 0, "reverse"),
+                                            ((12, 10, 8), 1, None)]]
+    flow = Compose(*layers).double()
+    for p in flow.parameters():  # away from the identity start
+        torch.nn.init.normal_(p, std=0.4)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    context = (torch.randn(context_shape, dtype=torch.float64, requires_grad=True)
+               if context_shape else None)
+    y, ld = flow(x, context)
+    assert _chain_nodes(y) == 1 and _chain_nodes(ld) == 1
+    y_ref, ld_ref = _composed_chain(layers, x, context)
+    assert _chain_nodes(y_ref) == 0
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    inputs = [x, *([context] if context is not None else []), *flow.parameters()]
+    gy, gld = torch.randn_like(y), torch.randn_like(ld)
+    grads = torch.autograd.grad((y * gy).sum() + (ld * gld).sum(), inputs)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (ld_ref * gld).sum(), inputs)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    assert all(g.abs().sum() > 0 for g in grads[:2])
+    if context is None:
+        assert torch.autograd.gradcheck(lambda a: flow(a), (x,))
+    else:
+        assert torch.autograd.gradcheck(lambda a, b: flow(a, b), (x, context))
+    # The middle layer frozen and the data without a gradient, in float32.
+    flow.float()
+    layers[1].requires_grad_(False)
+    x32 = x.detach().float()
+    c32 = None if context is None else context.detach().float()
+    y32, ld32 = flow(x32, c32)
+    y32_ref, ld32_ref = _composed_chain(layers, x32, c32)
+    params = [p for p in flow.parameters() if p.requires_grad]
+    g32 = torch.autograd.grad(y32.sum() + ld32.sum(), params)
+    g32_ref = torch.autograd.grad(y32_ref.sum() + ld32_ref.sum(), params)
+    for a, b in zip(g32, g32_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ld32, ld32_ref)
+
+
+def test_compose_fuses_only_runs_of_plain_maf_layers():
+    """Other layers, another feature dim, hooks on a layer (which must fire) and spline MAF
+    layers break a run; the layers around them still fuse, and the result is unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, requires_grad=True)
+
+    def maf(**kw):
+        layer = MaskedAutoregressive(3, (8, 8), **kw)
+        for p in layer.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+        return layer
+
+    a, b, c, d = maf(), maf(order="reverse"), maf(), maf(order="reverse")
+    spline = maf(transform="spline")
+    flow = Compose(a, b, Permute(3), c, spline, d)
+    y, ld = flow(x)
+    assert _chain_nodes(y) == 3  # (a, b), then c alone, then d alone
+    y_ref, ld_ref = _composed_chain(list(flow), x, None)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    seen = []
+    handle = b.register_forward_hook(lambda m, args, out: seen.append(out[0].shape))
+    y, ld = Compose(a, b, c, d)(x)
+    assert seen == [(5, 3)] and _chain_nodes(y) == 3  # a | b through its __call__ | (c, d)
+    handle.remove()
+    assert _chain_nodes(Compose(a, b, c, d)(x)[0]) == 1
+    with torch.no_grad():
+        y_nograd, _ = Compose(a, b, c, d)(x)
+    torch.testing.assert_close(y_nograd, Compose(a, b, c, d)(x)[0].detach())
+    # A run needs one feature dim: a channels-first MAF layer between channels-last ones.
+    seq = torch.randn(2, 3, 3, requires_grad=True)
+    mixed = Compose(a, MaskedAutoregressive(3, (8,), dim=1), b)
+    y, _ = mixed(seq)
+    assert _chain_nodes(y) == 3
