@@ -70,14 +70,12 @@ class _FlatGroup:
         key = (flat.data_ptr(), flat._version, torch.is_grad_enabled(),
                torch.is_inference_mode_enabled(), flat.requires_grad)
         if flat is not self._flat or key != self._key:
-            self._views = [c.view(s) for c, s in
-                           zip(flat.split(self.numels), self.shapes, strict=True)]
+            self._views = _shaped(flat.split(self.numels), self.shapes)
             self._flat, self._key = flat, key
         return self._views
 
     def split(self) -> list[Tensor]:
-        return [c.view(s) for c, s in zip(self.flat().split(self.numels), self.shapes,
-                                          strict=True)]
+        return _shaped(self.flat().split(self.numels), self.shapes)
 
     def view(self, i: int) -> Tensor:
         if torch.compiler.is_compiling():
@@ -96,6 +94,12 @@ class _FlatGroup:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _flat=None, _key=(), _views=[], trace_views=None)
+
+
+def _shaped(chunks: tuple[Tensor, ...], shapes: list[torch.Size]) -> list[Tensor]:
+    """The chunks of a split in their parameters' shapes; a vector's chunk is used as it is
+    (no view node for autograd to walk back through: half the nodes of an MLP's parameters)."""
+    return [c if c.shape == s else c.view(s) for c, s in zip(chunks, shapes, strict=True)]
 
 
 def _flat_property(name: str) -> property:
