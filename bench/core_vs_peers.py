@@ -412,6 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (1 by default: steadier on a shared machine)")
     p.add_argument("--test-size", type=int, default=20000)
+    p.add_argument("--data-seed", type=int, default=1234,
+                   help="seed of the training stream and the held-out set (another seed, another "
+                        "draw of the same mixture: how much the NLLs depend on the draw)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default bench/results/core_vs_peers_<device>.json)")
     args = p.parse_args(argv)
@@ -422,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # One data stream and one held-out set for everyone.
     target = Mixture()
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(args.data_seed)
     data = target.sample(args.steps * BATCH, g).float().reshape(args.steps, BATCH, FEATURES)
     test = target.sample(args.test_size, g)
     mc = target.log_prob(target.sample(2_000_000, g))
