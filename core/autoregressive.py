@@ -47,13 +47,16 @@ class MADE(nn.Module):
     """A masked MLP whose output ``k`` (each of ``num_params`` blocks of ``features``) depends only
     on inputs that come before ``k`` in ``order``, and on the context.
 
-    ``x: (B, ..., features)`` -> ``(B, ..., num_params * features)``. The last layer starts at
-    zero, so a layer built on it starts as the identity.
+    ``x: (B, ..., features)`` -> ``(B, ..., num_params * features)``. Every layer, the last one
+    included, starts with PyTorch's default (random) initialisation: with a zero last layer the
+    hidden layers get no gradient until it has grown, and a MAF learns measurably slower
+    (BENCHMARKS.md, "The MADE's last layer"). ``identity_init=True`` zeroes the last layer, so a
+    layer built on it starts as the identity (to grow a trained flow without changing it).
     """
 
     def __init__(self, features: int, num_params: int, hidden: Sequence[int] = (64, 64),
                  context_features: int = 0, order: Sequence[int] | None = None,
-                 activation: str = "relu"):
+                 activation: str = "relu", identity_init: bool = False):
         super().__init__()
         hidden = list(hidden)
         order_t = (torch.arange(features) if order is None
@@ -76,8 +79,9 @@ class MADE(nn.Module):
             prev = deg
         out_deg = degrees_in.repeat(num_params)
         last = MaskedLinear(prev.numel(), num_params * features, out_deg[:, None] > prev[None, :])
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if identity_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.first = layers[0]
         self.rest = nn.Sequential(*layers[1:], last)
         self.relu = activation == "relu"
@@ -236,13 +240,15 @@ class MaskedAutoregressive(Bijection):
 
     ``direction="maf"``: ``forward`` (the likelihood) takes one network pass and ``inverse``
     (sampling) takes ``features`` passes. ``direction="iaf"`` swaps the costs: sampling in one
-    pass, the likelihood of new data in ``features`` passes.
+    pass, the likelihood of new data in ``features`` passes. ``identity_init=True`` starts the
+    layer as the identity (its MADE's last layer at zero); by default it starts random, which
+    trains faster.
     """
 
     def __init__(self, features: int, hidden: Sequence[int] = (64, 64), context_features: int = 0,
                  *, transform: str | ElementwiseTransform = "affine", direction: str = "maf",
                  order: Sequence[int] | str | None = None, dim: int = -1,
-                 activation: str = "relu", **transform_kwargs):
+                 activation: str = "relu", identity_init: bool = False, **transform_kwargs):
         super().__init__()
         if direction not in ("maf", "iaf"):
             raise ValueError(f"direction must be 'maf' or 'iaf', got {direction!r}")
@@ -253,7 +259,7 @@ class MaskedAutoregressive(Bijection):
         self.features, self.dim, self.direction = features, dim, direction
         self.transform = transform
         self.made = MADE(features, transform.num_params, hidden, context_features,
-                         order=order, activation=activation)
+                         order=order, activation=activation, identity_init=identity_init)
 
     def _params(self, u: Tensor, context: Tensor | None) -> Tensor:
         p = params_last(self.made(u, context), -1, self.features, self.transform.num_params)

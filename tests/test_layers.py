@@ -98,9 +98,17 @@ def test_context_changes_the_map(name):
 
 @pytest.mark.parametrize("name", ["affine", "additive", "spline", "maf_affine", "maf_spline"])
 def test_identity_at_initialisation(name):
+    """Couplings start as the identity; a MAF layer does with ``identity_init=True`` and by
+    default starts random (its hidden layers learn from the first step)."""
     torch.manual_seed(0)
-    layer = _layers(4, -1, 0)[name]()
     x = torch.randn(8, 4)
+    if name.startswith("maf"):
+        kw = {"transform": "spline", "bins": 4, "bound": 2.0} if name == "maf_spline" else {}
+        z, _ = MaskedAutoregressive(4, (16,), **kw)(x)
+        assert not torch.allclose(z, x, atol=1e-3)
+        layer = MaskedAutoregressive(4, (16,), identity_init=True, **kw)
+    else:
+        layer = _layers(4, -1, 0)[name]()
     z, ld = layer(x)
     assert torch.allclose(z, x, atol=1e-6)
     assert torch.allclose(ld, torch.zeros(8), atol=1e-5)
