@@ -70,7 +70,7 @@ class _FlatGroup:
         key = (flat.data_ptr(), flat._version, torch.is_grad_enabled(),
                torch.is_inference_mode_enabled(), flat.requires_grad)
         if flat is not self._flat or key != self._key:
-            self._views = _shaped(flat.split(self.numels), self.shapes)
+            self._views = self.split()
             self._flat, self._key = flat, key
         return self._views
 

@@ -288,6 +288,37 @@ def _composed_maf_pass(layer: MaskedAutoregressive, x, context):
     return torch.movedim(y, -1, layer.dim), ld
 
 
+def _spread_and_inputs(module, shape, context_shape) -> tuple:
+    """Draws every parameter of ``module`` (float64) away from its initialisation and returns
+    data of ``shape`` and a context of ``context_shape`` (or None), both needing gradients."""
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    context = (torch.randn(context_shape, dtype=torch.float64, requires_grad=True)
+               if context_shape else None)
+    return x, context
+
+
+def _assert_same_values_and_gradients(module, x, context, out, ref) -> tuple:
+    """``out`` and ``ref`` (each ``(y, logdet)`` of ``module`` at ``x``, ``context``) agree in
+    value and in the gradients for the data, the context and every parameter of ``module``, and
+    ``module`` passes gradcheck. Returns the gradients."""
+    (y, ld), (y_ref, ld_ref) = out, ref
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ld, ld_ref)
+    inputs = [x, *([context] if context is not None else []), *module.parameters()]
+    gy, gld = torch.randn_like(y), torch.randn_like(ld)
+    grads = torch.autograd.grad((y * gy).sum() + (ld * gld).sum(), inputs)
+    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (ld_ref * gld).sum(), inputs)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)
+    if context is None:
+        assert torch.autograd.gradcheck(lambda a: module(a), (x,))
+    else:
+        assert torch.autograd.gradcheck(lambda a, c: module(a, c), (x, context))
+    return grads
+
+
 @pytest.mark.parametrize("shape,context_shape,dim,hidden,order", [
     ((6, 2), None, -1, (16, 16), None),
     ((6, 5), (6, 3), -1, (16, 12, 10), "reverse"),
@@ -303,27 +334,12 @@ def test_fused_maf_layer_matches_the_composed_path(shape, context_shape, dim, hi
     features = shape[dim]
     layer = MaskedAutoregressive(features, hidden, context_features=(context_shape or (0, 0))[-1],
                                  order=order, dim=dim).double()
-    for p in layer.parameters():  # away from the identity start
-        torch.nn.init.normal_(p, std=0.4)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    context = (torch.randn(context_shape, dtype=torch.float64, requires_grad=True)
-               if context_shape else None)
+    x, context = _spread_and_inputs(layer, shape, context_shape)
     y, ld = layer(x, context)
     assert _fused(y)
-    y_ref, ld_ref = _composed_maf_pass(layer, x, context)
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(ld, ld_ref)
-    inputs = [x, *([context] if context is not None else []), *layer.parameters()]
-    gy, gld = torch.randn_like(y), torch.randn_like(ld)
-    grads = torch.autograd.grad((y * gy).sum() + (ld * gld).sum(), inputs)
-    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (ld_ref * gld).sum(), inputs)
-    for a, b in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(a, b)
+    grads = _assert_same_values_and_gradients(layer, x, context, (y, ld),
+                                              _composed_maf_pass(layer, x, context))
     assert any(g.abs().sum() > 0 for g in grads)
-    if context is None:
-        assert torch.autograd.gradcheck(lambda a: layer(a), (x,))
-    else:
-        assert torch.autograd.gradcheck(lambda a, c: layer(a, c), (x, context))
     # Frozen weights with data that needs a gradient, and float32.
     layer.float().requires_grad_(False)
     x32 = x.detach().float().requires_grad_()
@@ -400,28 +416,13 @@ def test_a_run_of_maf_layers_in_compose_is_one_node_with_the_composed_values_and
               for hidden, with_c, order in [((16, 16), 1, None), ((8,), 0, "reverse"),
                                             ((12, 10, 8), 1, None)]]
     flow = Compose(*layers).double()
-    for p in flow.parameters():  # away from the identity start
-        torch.nn.init.normal_(p, std=0.4)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    context = (torch.randn(context_shape, dtype=torch.float64, requires_grad=True)
-               if context_shape else None)
+    x, context = _spread_and_inputs(flow, shape, context_shape)
     y, ld = flow(x, context)
     assert _chain_nodes(y) == 1 and _chain_nodes(ld) == 1
-    y_ref, ld_ref = _composed_chain(layers, x, context)
-    assert _chain_nodes(y_ref) == 0
-    torch.testing.assert_close(y, y_ref)
-    torch.testing.assert_close(ld, ld_ref)
-    inputs = [x, *([context] if context is not None else []), *flow.parameters()]
-    gy, gld = torch.randn_like(y), torch.randn_like(ld)
-    grads = torch.autograd.grad((y * gy).sum() + (ld * gld).sum(), inputs)
-    grads_ref = torch.autograd.grad((y_ref * gy).sum() + (ld_ref * gld).sum(), inputs)
-    for a, b in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(a, b)
+    ref = _composed_chain(layers, x, context)
+    assert _chain_nodes(ref[0]) == 0
+    grads = _assert_same_values_and_gradients(flow, x, context, (y, ld), ref)
     assert all(g.abs().sum() > 0 for g in grads[:2])
-    if context is None:
-        assert torch.autograd.gradcheck(lambda a: flow(a), (x,))
-    else:
-        assert torch.autograd.gradcheck(lambda a, b: flow(a, b), (x, context))
     # The middle layer frozen and the data without a gradient, in float32.
     flow.float()
     layers[1].requires_grad_(False)
