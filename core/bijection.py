@@ -94,7 +94,9 @@ class Compose(Bijection):
             if key is not None:
                 while j < len(parts) and _plain(parts[j]) and parts[j]._fusion_key(x) == key:
                     j += 1
-            x, ld = type(b)._forward_run(parts[i:j], x, context) if j - i > 1 else b(x, context)
+            # (The key was checked and the layers have no hooks: a run of one goes the same way.)
+            x, ld = (type(b)._forward_run(parts[i:j], x, context) if key is not None
+                     else b(x, context))
             lds.append(ld)
             i = j
         return x, _total(lds, x)
