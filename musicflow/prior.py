@@ -113,6 +113,11 @@ class MelPrior(Configurable, nn.Module):
             in training and in sampling alike. Without it a teacher-forced model learns to copy
             the frame before (successive frames of a held note are nearly equal) and samples a
             drone; blurring the past makes it model how music moves on. 0 turns it off.
+        self_feed: share of the past steps that the GRU reads, in training, as the model's own
+            sample of that step (drawn at temperature 1 from the true steps before it, without
+            gradient) instead of the true step: scheduled sampling. A sampling prior reads only
+            its own steps, which a purely teacher-forced one never saw; this teaches it to carry
+            on from them. 0 (the default) trains teacher-forced.
         mixture: components of the latent's distribution given the context (a
             :class:`ContextMixture`, so a step can choose a held note or a new one); 0 keeps
             the standard normal of the first shipped prior.
@@ -124,7 +129,7 @@ class MelPrior(Configurable, nn.Module):
                  coupling: str = "affine", styles: Sequence[str] = (), style_dim: int = 16,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
-                 context_noise: float = 0.0, mixture: int = 0):
+                 context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -136,6 +141,9 @@ class MelPrior(Configurable, nn.Module):
         self.context_noise = float(context_noise)
         if self.noise < 0 or self.context_noise < 0:
             raise ValueError("noise and context_noise must not be negative")
+        if not 0.0 <= self_feed <= 1.0:
+            raise ValueError(f"self_feed must be a share between 0 and 1, not {self_feed}")
+        self.self_feed = float(self_feed)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         self.features = d = block * n_mel
@@ -269,6 +277,8 @@ class MelPrior(Configurable, nn.Module):
         steps = self.to_steps(x)
         b, t, d = steps.shape
         past = steps[:, :-1]
+        if self.training and self.self_feed > 0 and t > 1 and self._flow_ready():
+            past = self._self_fed(steps, style)
         if self.training and self.context_noise > 0:
             past = past + self.context_noise * torch.randn_like(past)
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), past], dim=1)
@@ -276,6 +286,28 @@ class MelPrior(Configurable, nn.Module):
         ctx = self._context(out, style).reshape(b * t, -1)
         lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
         return lp.view(b, t).sum(1)
+
+    def _flow_ready(self) -> bool:
+        """Whether every ActNorm of the step flow has been initialised (a fresh model's first
+        batch initialises them by a forward pass, which must come before any sampling)."""
+        return all(bool(m.initialized) for m in self.flow.modules()
+                   if isinstance(getattr(m, "initialized", None), Tensor))
+
+    @torch.no_grad()
+    def _self_fed(self, steps: Tensor, style: Tensor) -> Tensor:
+        """The past the GRU reads under ``self_feed``: steps ``(B, T, D)`` where a random
+        ``self_feed`` share of ``steps[:, :-1]`` is replaced by a one-step sample of the same
+        step, drawn (temperature 1, lifted to the log floor as in sampling) from the context
+        of the true steps before it."""
+        b, t, d = steps.shape
+        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), steps[:, :-2]], dim=1)
+        out, _ = self.rnn(inputs)
+        ctx = self._context(out, style).reshape(b * (t - 1), -1)
+        drawn, _ = self.sample_step(ctx, 1.0)
+        drawn = torch.maximum(drawn, self._floor_step().to(drawn.dtype))
+        drawn = drawn.view(b, t - 1, d).to(steps.dtype)
+        swap = torch.rand(b, t - 1, 1, device=steps.device) < self.self_feed
+        return torch.where(swap, drawn, steps[:, :-1])
 
     def step_log_prob(self, x: Tensor, context: Tensor) -> Tensor:
         """``log p(x_t | c_t)`` ``(N,)`` of normalised steps ``(N, block * n_mel)`` given their

@@ -289,6 +289,13 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     r = _invoke(*args, "--out", tmp_path / "f0", "--flows", 0)
     assert r.exit_code == 2 and "Traceback" not in r.output and "'--flows'" in r.output
     assert not (tmp_path / "f0").exists()
+    r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
+    assert r.exit_code == 0, r.output
+    fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
+    assert fed.config["self_feed"] == 0.5 and source.config.get("self_feed", 0.0) == 0.0
+    r = _invoke(*args, "--out", tmp_path / "sf2", "--self-feed", 1.5)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "'--self-feed'" in r.output
+    assert not (tmp_path / "sf2").exists()
     _fails(_invoke(*args, "--out", tmp_path / "m1", "--mixture", 1), "--mixture", "1")
     _fails(_invoke(*args, "--out", tmp_path / "m2", "--init", voc), "waveglow")
     _fails(_invoke(*args, "--out", tmp_path / "m3", "--init", tmp_path / "none"))
@@ -487,6 +494,80 @@ def test_context_noise_is_seeded_and_samples_stay_above_the_log_floor():
     assert out.min() >= math.log(CLAMP) - 1e-5
     with pytest.raises(ValueError):
         MelPrior(n_mel=8, context_noise=-1.0)
+
+
+@pytest.mark.parametrize("mixture", [0, 3])
+def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, monkeypatch):
+    """Scheduled sampling: with ``self_feed=1`` every past step the GRU reads in training is
+    the model's sample of that step drawn from the context of the true steps before it (so the
+    contexts handed to the sampler are the teacher-forced ones), lifted to the log floor; the
+    likelihood is still of the true steps, gradients reach the weights, and evaluation and
+    sampling are those of the same weights without it."""
+    plain = _tiny(styles=["a"], mixture=mixture)
+    with torch.no_grad():  # off the identity start, so the past matters
+        for p in plain.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    fed = MelPrior(**{**plain.config, "self_feed": 1.0})
+    fed.load_state_dict(plain.state_dict())
+    assert fed.config["self_feed"] == 1.0
+    mel = torch.randn(3, 8, 10)
+    style = torch.tensor([0, -1, 0])
+    steps = plain.to_steps(plain.normalise(mel))
+    with torch.no_grad():
+        inputs = torch.cat([plain.start.expand(3, 1, plain.features), steps[:, :-1]], 1)
+        want_ctx = plain._context(plain.rnn(inputs)[0], style)[:, :-1].reshape(3 * 4, -1)
+    seen = []
+    drawn = torch.randn(3 * 4, plain.features) - 11.0  # some below the floor, log(1e-5)
+    real_sample = MelPrior.sample_step
+
+    def sample_step(self, context, temperature=0.9, generator=None):
+        seen.append((context.clone(), temperature))
+        return drawn.clone(), torch.zeros(context.shape[0])
+
+    monkeypatch.setattr(MelPrior, "sample_step", sample_step)
+    fed.train()
+    fed.noise = 0.0  # the same steps as above
+    past = fed._self_fed(steps, style)
+    (ctx, temp), = seen
+    assert temp == 1.0 and torch.allclose(ctx, want_ctx, atol=1e-6)
+    lifted = torch.maximum(drawn, plain._floor_step()).view(3, 4, -1)
+    assert torch.equal(past, lifted)
+    assert bool((drawn < plain._floor_step()).any())
+    monkeypatch.setattr(MelPrior, "sample_step", real_sample)
+
+    # the loss: the true steps' likelihood given the self-fed past, with gradients
+    plain.train()
+    plain.noise = 0.0
+    torch.manual_seed(3)
+    loss_fed = fed(mel)["loss"]
+    loss_fed.backward()
+    assert fed.rnn.weight_ih_l0.grad is not None and fed.start.grad is not None
+    torch.manual_seed(3)
+    assert not torch.allclose(loss_fed.detach(), plain(mel)["loss"])
+    # half the steps: reproducible from the seed, and between teacher forcing and full feeding
+    fed.self_feed = 0.5
+    torch.manual_seed(4)
+    a = fed(mel)["loss"]
+    torch.manual_seed(4)
+    assert torch.equal(a, fed(mel)["loss"])
+    fed.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(fed.log_prob(mel), plain.log_prob(mel))
+        assert torch.equal(fed.sample(8, seed=2), plain.sample(8, seed=2))
+    with pytest.raises(ValueError, match="self_feed"):
+        _tiny(self_feed=1.5)
+
+
+def test_self_feed_waits_for_the_actnorm_initialisation():
+    """A fresh model's first training batch initialises ActNorm by a forward pass; self-feeding
+    would sample through it first, so that batch is teacher-forced."""
+    torch.manual_seed(0)
+    model = MelPrior(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], style_dim=3,
+                     self_feed=1.0).train()
+    assert not model._flow_ready()
+    loss = model(torch.randn(4, 8, 6))["loss"]
+    assert torch.isfinite(loss) and model._flow_ready()
+    assert torch.isfinite(model(torch.randn(4, 8, 6))["loss"])
 
 
 def test_gen_music_and_the_api_sample_at_the_measured_default_temperature(models, tmp_path,

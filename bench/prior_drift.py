@@ -1,0 +1,138 @@
+"""Does a mel prior keep the spectral detail of music while it runs on its own samples?
+
+Held-out music has sharp partials: neighbouring mel bands differ a lot within a frame. This
+script measures that **band contrast** (the mean over frames and neighbouring band pairs of
+``|mel[b + 1] - mel[b]|``, in nats of log-mel) for, per prior:
+
+* ``truth``: held-out continuations (the test split), the target;
+* ``teacher_forced``: one step sampled from the context of the true past (what training sees);
+* ``primed``: free-running continuations of 2 s of held-out music, per 0.5 s window, so the
+  drift away from the truth is visible as it happens;
+* ``unprimed``: free-running clips from the start vector, per 5 s window up to ``--seconds``;
+
+at each ``--temperatures``, with the mean log-mel level and the share of values below -7 (dark)
+beside it. A prior whose teacher-forced steps keep the truth's contrast but whose free-running
+steps lose it within a second or two suffers from exposure bias (it never read its own samples
+in training), which ``MelPrior(self_feed=...)`` (``gen train prior --self-feed``) addresses.
+
+    OMP_NUM_THREADS=1 python bench/prior_drift.py --model data/models/mel-prior.safetensors \\
+        --model /work/runs/prior-c4k --out bench/results/prior_drift.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowsuite.cli.common import model_file
+from flowsuite.core.checkpoint import load_model
+from flowsuite.musicflow.prior import MelPrior
+from flowsuite.musicflow.prior_train import MelCorpus
+
+
+def band_contrast(mel: torch.Tensor) -> torch.Tensor:
+    """``(B, n_mel, F)`` log-mels -> the mean ``|mel[b + 1] - mel[b]|`` of each frame ``(F,)``,
+    averaged over the batch."""
+    return (mel[:, 1:] - mel[:, :-1]).abs().mean(1).mean(0)
+
+
+def level(mel: torch.Tensor) -> dict[str, float]:
+    return {"contrast": round(float(band_contrast(mel).mean()), 4),
+            "mean": round(float(mel.mean()), 3),
+            "dark": round(float((mel < -7).float().mean()), 4)}
+
+
+def windows(curve: torch.Tensor, width: int) -> list[float]:
+    n = curve.shape[0] // width
+    return [round(float(curve[k * width:(k + 1) * width].mean()), 4) for k in range(n)]
+
+
+def held_out_crops(corpus: MelCorpus, count: int, frames: int, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random crops of ``frames`` frames (log-mel) of the corpus and their styles."""
+    rng = np.random.default_rng(seed)
+    pairs = [(m.float(), lab) for m, lab in zip(corpus.mels, corpus.labels, strict=True)
+             if m.shape[-1] > frames]
+    crops, labels = [], []
+    for i in range(count):
+        m, lab = pairs[i % len(pairs)]
+        at = int(rng.integers(0, m.shape[-1] - frames))
+        crops.append(m[:, at:at + frames])
+        labels.append(lab)
+    return torch.stack(crops), torch.tensor(labels)
+
+
+@torch.no_grad()
+def teacher_forced(prior: MelPrior, crops: torch.Tensor, labels: torch.Tensor,
+                   temperature: float, seed: int = 1) -> torch.Tensor:
+    """One step sampled per position from the context of the true past, as log-mel (floored
+    as sampling floors it)."""
+    g = torch.Generator().manual_seed(seed)
+    steps = prior.to_steps(prior.normalise(crops))
+    b, t, d = steps.shape
+    out, _ = prior.rnn(torch.cat([prior.start.expand(b, 1, d), steps[:, :-1]], 1))
+    ctx = prior._context(out, labels).reshape(b * t, -1)
+    x, _ = prior.sample_step(ctx, temperature, g)
+    x = torch.maximum(x, prior._floor_step()).view(b, t, d)
+    return prior.denormalise(prior.from_steps(x))
+
+
+def measure(prior: MelPrior, test: MelCorpus, temperatures: list[float], count: int,
+            seconds: float) -> dict:
+    fps = prior.frames_per_second
+    prime_frames = int(2 * fps) // prior.block * prior.block
+    cont = int(6 * fps) // prior.block * prior.block
+    crops, labels = held_out_crops(test, count, prime_frames + cont)
+    labels = torch.where(labels < 0, 0, labels) if prior.styles else torch.full_like(labels, -1)
+    half = int(0.5 * fps)
+    truth = crops[:, :, prime_frames:]
+    row: dict = {"truth": {**level(truth), "primed_windows": windows(band_contrast(truth),
+                                                                     half)}}
+    for temp in temperatures:
+        tf = teacher_forced(prior, crops, labels, temp)
+        g = torch.Generator().manual_seed(0)
+        state = prior.initial_state(count, None, crops[:, :, :prime_frames], g)
+        state = type(state)(state.hidden, labels)
+        primed = torch.cat([m for m, _, _ in prior.stream(cont, state, temp, g)], -1)
+        free = prior.sample(int(seconds * fps), temperature=temp, seed=0, batch=count)
+        row[str(temp)] = {
+            "teacher_forced": level(tf[:, :, prior.block:]),
+            "primed": {**level(primed), "windows": windows(band_contrast(primed), half)},
+            "unprimed": {**level(free), "windows": windows(band_contrast(free), int(5 * fps))},
+        }
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", required=True, type=Path)
+    p.add_argument("--data", type=Path, default=Path("/work/data/music"))
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.9])
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args()
+    t0 = time.time()
+    test = MelCorpus.from_folder(a.data, split="test")
+    result: dict = {"machine": {"threads": torch.get_num_threads(),
+                                "load_1min_start": os.getloadavg()[0]},
+                    "count": a.count, "seconds": a.seconds, "models": {}}
+    for path in a.model:
+        prior = load_model(model_file(path), expected="mel-prior").float().eval()
+        row = measure(prior, test, a.temperatures, a.count, a.seconds)
+        result["models"][str(path)] = row
+        print(path, json.dumps(row), flush=True)
+    result["machine"]["load_1min_end"] = os.getloadavg()[0]
+    result["wall_s"] = round(time.time() - t0, 1)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
