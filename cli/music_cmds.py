@@ -72,6 +72,10 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--flows", type=click.IntRange(min=1), default=None,
               help="Flow steps within each autoregressive step (default: the preset's, or "
                    "--init's); more than --init's appends steps that start as the identity.")
+@click.option("--spline-bins", type=click.IntRange(min=0), default=None,
+              help="Bins of a context-predicted spline per mel value on the mel side of each "
+                   "step's flow (0: none; default: the preset's 0, or --init's; with --init it "
+                   "starts as the identity).")
 @click.option("--self-feed", type=click.FloatRange(0.0, 1.0), default=None,
               help="Scheduled sampling: this share of the past steps the prior reads in "
                    "training is its own sample of the step instead of the true one (default: "
@@ -86,8 +90,9 @@ def _resume_config(out_dir: Path) -> dict | None:
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
-                    flows: int | None, self_feed: float | None, init_path: Path | None,
-                    resume: bool, precision: str, time_limit: float | None) -> None:
+                    flows: int | None, spline_bins: int | None, self_feed: float | None,
+                    init_path: Path | None, resume: bool, precision: str,
+                    time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
     from flowsuite.data.music import MANIFEST
@@ -122,6 +127,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         extra["n_flows"] = flows
     if self_feed is not None:
         extra["self_feed"] = self_feed
+    if spline_bins is not None:
+        extra["spline_bins"] = spline_bins
     if saved is not None:
         model = MelPrior(**saved)
     elif source is not None:

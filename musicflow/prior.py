@@ -34,6 +34,7 @@ from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal
 from flowsuite.core.checkpoint import Configurable, register_model, transfer_weights
 from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.distributions import ContextMixture
+from flowsuite.core.elementwise import RationalQuadraticSpline
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
 
@@ -61,28 +62,48 @@ class ContextAffine(Bijection):
     """``z = x * exp(s(c)) + t(c)`` element-wise, with ``(t, s)`` from an MLP of the context
     alone (the log-scale softly bounded); the identity at initialisation.
 
+    With ``spline_bins > 0`` a monotone rational-quadratic spline per feature follows the affine
+    map, its knots from a second MLP of the context (zero at initialisation: the identity), so
+    that each mel value's density given the past can have two modes (a partial that sounds or
+    not) where the affine map alone gives one.
+
     ``x: (B, features)``, ``context: (B, context_features)``.
     """
 
     def __init__(self, features: int, context_features: int, hidden: Sequence[int] = (256,),
-                 scale_bound: float = 5.0):
+                 scale_bound: float = 5.0, spline_bins: int = 0, spline_bound: float = 4.0):
         super().__init__()
         self.features = features
         self.transform = Affine(scale_bound)
         self.net = MLP(context_features, 2 * features, hidden=hidden)
+        self.spline = (RationalQuadraticSpline(spline_bins, spline_bound) if spline_bins > 0
+                       else None)
+        self.spline_net = (MLP(context_features, self.spline.num_params * features,
+                               hidden=hidden) if self.spline is not None else None)
 
-    def _params(self, context: Tensor | None, like: Tensor) -> Tensor:
+    def _params(self, net: MLP, n: int, context: Tensor | None, like: Tensor) -> Tensor:
         if context is None:
             raise ValueError("ContextAffine needs a context")
-        return self.net(context).unflatten(-1, (2, self.features)).movedim(-2, -1).to(like.dtype)
+        return net(context).unflatten(-1, (n, self.features)).movedim(-2, -1).to(like.dtype)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z, ld = self.transform.forward(x, self._params(context, x))
-        return z, logdet_sum(ld)
+        z, ld = self.transform.forward(x, self._params(self.net, 2, context, x))
+        ld = logdet_sum(ld)
+        if self.spline is not None:
+            z, ld2 = self.spline.forward(
+                z, self._params(self.spline_net, self.spline.num_params, context, z))
+            ld = ld + logdet_sum(ld2)
+        return z, ld
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x, ld = self.transform.inverse(z, self._params(context, z))
-        return x, logdet_sum(ld)
+        ld = None
+        if self.spline is not None:
+            z, ld2 = self.spline.inverse(
+                z, self._params(self.spline_net, self.spline.num_params, context, z))
+            ld = logdet_sum(ld2)
+        x, ld1 = self.transform.inverse(z, self._params(self.net, 2, context, z))
+        ld1 = logdet_sum(ld1)
+        return x, ld1 if ld is None else ld1 + ld
 
 
 @dataclass
@@ -118,6 +139,10 @@ class MelPrior(Configurable, nn.Module):
             gradient) instead of the true step: scheduled sampling. A sampling prior reads only
             its own steps, which a purely teacher-forced one never saw; this teaches it to carry
             on from them. 0 (the default) trains teacher-forced.
+        spline_bins: bins of a monotone spline per mel value, its knots from the context, on
+            the mel side of each step's flow (after the context-predicted affine map; see
+            :class:`ContextAffine`), so a value's density given the past can have two modes
+            (a partial sounds or not); 0 (the default) leaves it out.
         mixture: components of the latent's distribution given the context (a
             :class:`ContextMixture`, so a step can choose a held note or a new one); 0 keeps
             the standard normal of the first shipped prior.
@@ -129,7 +154,8 @@ class MelPrior(Configurable, nn.Module):
                  coupling: str = "affine", styles: Sequence[str] = (), style_dim: int = 16,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
-                 context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0):
+                 context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
+                 spline_bins: int = 0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -146,6 +172,8 @@ class MelPrior(Configurable, nn.Module):
         self.self_feed = float(self_feed)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
+        if spline_bins < 0:
+            raise ValueError(f"spline_bins must be 0 (none) or positive, not {spline_bins}")
         self.features = d = block * n_mel
         f32 = torch.float32
         mean_t = torch.zeros(n_mel) if mean is None else torch.tensor(list(mean), dtype=f32)
@@ -164,7 +192,8 @@ class MelPrior(Configurable, nn.Module):
         hid = list(flow_hidden)
         steps = (realnvp(d, n_flows, hid, context_features=ctx) if coupling == "affine"
                  else nsf(d, n_flows, hid, context_features=ctx, mixing="linear"))
-        self.flow = Flow(Compose(ContextAffine(d, ctx, hid[:1]), steps.bijection),
+        self.flow = Flow(Compose(ContextAffine(d, ctx, hid[:1], spline_bins=spline_bins),
+                                 steps.bijection),
                          StandardNormal(d))
         self.mixture = ContextMixture(d, ctx, mixture, hid[:1]) if mixture else None
 

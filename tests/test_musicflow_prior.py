@@ -94,9 +94,19 @@ def _tiny(**kw) -> MelPrior:
 # ------------------------------------------------------------------------------------ model
 
 
-@pytest.mark.parametrize("coupling", ["affine", "spline"])
-def test_step_flow_inverts_and_its_logdet_matches_the_jacobian(coupling):
-    model = _tiny(coupling=coupling, styles=["a", "b"]).double()
+def _off_identity(model: MelPrior, scale: float = 0.1) -> MelPrior:
+    """Every weight moved off its initialisation (zero-initialised layers are the identity,
+    which would make a test of them pass for any formula)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("coupling,spline_bins", [("affine", 0), ("spline", 0), ("affine", 3)])
+def test_step_flow_inverts_and_its_logdet_matches_the_jacobian(coupling, spline_bins):
+    model = _off_identity(_tiny(coupling=coupling, styles=["a", "b"],
+                                spline_bins=spline_bins)).double()
     x = torch.randn(3, model.features, dtype=torch.float64)
     ctx = torch.randn(3, 12 + 3, dtype=torch.float64)
     check_inverse(model.flow.bijection, x, ctx)
@@ -118,11 +128,12 @@ def test_shapes_loss_and_style_labels():
         _tiny().sample(4, style="a")
 
 
-@pytest.mark.parametrize("mixture", [0, 3])
-def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture):
+@pytest.mark.parametrize("mixture,spline_bins", [(0, 0), (3, 0), (3, 4)])
+def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture, spline_bins):
     """The GRU run step by step while sampling and over the whole sequence in training give the
     same contexts: the sampler's log-density of its output is the batch log_prob."""
-    model = _tiny(styles=["a", "b"], mixture=mixture).eval()
+    model = _off_identity(_tiny(styles=["a", "b"], mixture=mixture, spline_bins=spline_bins),
+                          0.05).eval()
     g = torch.Generator().manual_seed(3)
     state = model.initial_state(2, "b", generator=g)
     parts = list(model.stream(14, state, temperature=0.8, generator=g, chunk_steps=3))
@@ -184,18 +195,21 @@ def test_from_trained_keeps_the_weights_and_adds_a_fresh_mixture():
         MelPrior.from_trained(source, hidden=20)
     with pytest.raises(ValueError, match="mixture"):
         _tiny(mixture=1)
+    with pytest.raises(ValueError, match="spline_bins"):
+        _tiny(spline_bins=-1)
 
 
-@pytest.mark.parametrize("coupling,mixture", [("affine", 0), ("affine", 3), ("spline", 0)])
-def test_from_trained_grows_the_step_flow_from_the_identity(coupling, mixture):
-    source = _tiny(styles=["a"], coupling=coupling, mixture=mixture)
-    with torch.no_grad():  # move every weight off its initialisation, as training would
-        for p in source.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+@pytest.mark.parametrize("coupling,mixture,grow", [
+    ("affine", 0, {"n_flows": 4}), ("affine", 3, {"n_flows": 4}), ("spline", 0, {"n_flows": 4}),
+    ("affine", 3, {"spline_bins": 3})])
+def test_from_trained_grows_the_step_flow_from_the_identity(coupling, mixture, grow):
+    """More flow steps, or a context spline per mel value, added to a trained prior start as
+    the identity (the same likelihood) and then learn."""
+    source = _off_identity(_tiny(styles=["a"], coupling=coupling, mixture=mixture), 0.05)
     source.eval()
     mel = torch.randn(3, 8, 6)
-    grown = MelPrior.from_trained(source, n_flows=4).eval()
-    assert grown.config["n_flows"] == 4
+    grown = MelPrior.from_trained(source, **grow).eval()
+    assert all(grown.config[k] == v for k, v in grow.items())
     with torch.no_grad():
         torch.testing.assert_close(grown.log_prob(mel, "a"), source.log_prob(mel, "a"),
                                    rtol=1e-5, atol=1e-4)
@@ -289,6 +303,12 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     r = _invoke(*args, "--out", tmp_path / "f0", "--flows", 0)
     assert r.exit_code == 2 and "Traceback" not in r.output and "'--flows'" in r.output
     assert not (tmp_path / "f0").exists()
+    r = _invoke(*args, "--out", tmp_path / "spl", "--init", run, "--spline-bins", 3)
+    assert r.exit_code == 0, r.output
+    spl = load_model(tmp_path / "spl" / "model.safetensors", expected="mel-prior")
+    assert spl.config["spline_bins"] == 3 and spl.flow.bijection[0].spline is not None
+    r = _invoke(*args, "--out", tmp_path / "spl2", "--spline-bins", -1)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "'--spline-bins'" in r.output
     r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
     assert r.exit_code == 0, r.output
     fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
