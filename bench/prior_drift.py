@@ -22,6 +22,7 @@ in training), which ``MelPrior(self_feed=...)`` (``gen train prior --self-feed``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -76,8 +77,7 @@ def teacher_forced(prior: MelPrior, crops: torch.Tensor, labels: torch.Tensor,
     g = torch.Generator().manual_seed(seed)
     steps = prior.to_steps(prior.normalise(crops))
     b, t, d = steps.shape
-    out, _ = prior.rnn(torch.cat([prior.start.expand(b, 1, d), steps[:, :-1]], 1))
-    ctx = prior._context(out, labels).reshape(b * t, -1)
+    ctx = prior.teacher_forced_context(steps, labels).reshape(b * t, -1)
     x, _ = prior.sample_step(ctx, temperature, g)
     x = torch.maximum(x, prior._floor_step()).view(b, t, d)
     return prior.denormalise(prior.from_steps(x))
@@ -98,7 +98,7 @@ def measure(prior: MelPrior, test: MelCorpus, temperatures: list[float], count: 
         tf = teacher_forced(prior, crops, labels, temp)
         g = torch.Generator().manual_seed(0)
         state = prior.initial_state(count, None, crops[:, :, :prime_frames], g)
-        state = type(state)(state.hidden, labels)
+        state = dataclasses.replace(state, style=labels)
         primed = torch.cat([m for m, _, _ in prior.stream(cont, state, temp, g)], -1)
         free = prior.sample(int(seconds * fps), temperature=temp, seed=0, batch=count)
         row[str(temp)] = {

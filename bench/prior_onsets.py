@@ -117,10 +117,8 @@ def nll_by_kind(prior: MelPrior, corpus: MelCorpus, frames: int = 128, crops: in
         x = x + prior.noise * torch.randn(x.shape, generator=g)
         steps = prior.to_steps(x)
         b, t, d = steps.shape
-        inputs = torch.cat([prior.start.expand(b, 1, d), steps[:, :-1]], dim=1)
-        out, _ = prior.rnn(inputs)
         style = torch.full((1,), label, dtype=torch.long)
-        ctx = prior._context(out, style).reshape(t, -1)
+        ctx = prior.teacher_forced_context(steps, style).reshape(t, -1)
         lp = prior.step_log_prob(steps.reshape(t, d), ctx)
         per_step.append((-lp / d).numpy())
         blocks = per_step_mel(prior, steps[0])
@@ -132,8 +130,8 @@ def nll_by_kind(prior: MelPrior, corpus: MelCorpus, frames: int = 128, crops: in
         r[1:] = (drawn[1:] - blocks[:-1]).clamp_min(0).mean(-1)
         sampled.append(r.numpy())
         if prior.mixture is not None:
-            z, _ = prior.flow.bijection(steps[0], ctx)
-            logw, mean, log_scale = prior.mixture.params(ctx)
+            z, _, flow_ctx = prior.step_latent(steps[0], ctx)
+            logw, mean, log_scale = prior.mixture.params(flow_ctx)
             u = (z[:, None] - mean) * torch.exp(-log_scale)
             comp = -0.5 * (u * u).sum(-1) - log_scale.sum(-1)
             resp.append(torch.softmax(logw + comp, -1).numpy())

@@ -76,6 +76,10 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="Bins of a context-predicted spline per mel value on the mel side of each "
                    "step's flow (0: none; default: the preset's 0, or --init's; with --init it "
                    "starts as the identity).")
+@click.option("--carry/--no-carry", default=None,
+              help="Carry the last frame of each step into the next directly, with a gain from "
+                   "the context (default: the preset's off, or --init's; with --init it starts "
+                   "at zero gain).")
 @click.option("--self-feed", type=click.FloatRange(0.0, 1.0), default=None,
               help="Scheduled sampling: this share of the past steps the prior reads in "
                    "training is its own sample of the step instead of the true one (default: "
@@ -90,8 +94,8 @@ def _resume_config(out_dir: Path) -> dict | None:
 @config_option
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
-                    flows: int | None, spline_bins: int | None, self_feed: float | None,
-                    init_path: Path | None, resume: bool, precision: str,
+                    flows: int | None, spline_bins: int | None, carry: bool | None,
+                    self_feed: float | None, init_path: Path | None, resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
@@ -129,6 +133,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         extra["self_feed"] = self_feed
     if spline_bins is not None:
         extra["spline_bins"] = spline_bins
+    if carry is not None:
+        extra["carry"] = carry
     if saved is not None:
         model = MelPrior(**saved)
     elif source is not None:

@@ -109,10 +109,13 @@ class ContextAffine(Bijection):
 @dataclass
 class PriorState:
     """Where a stream stands: the GRU's hidden state ``(rnn_layers, B, hidden)`` after reading
-    every step so far, and the style index of each sample ``(B,)``."""
+    every step so far, the style index of each sample ``(B,)`` and the last step (normalised,
+    ``(B, block * n_mel)``; ``None`` before any: the band means), which a ``carry`` prior
+    carries into the next step."""
 
     hidden: Tensor
     style: Tensor
+    last: Tensor | None = None
 
 
 @register_model("mel-prior")
@@ -143,6 +146,11 @@ class MelPrior(Configurable, nn.Module):
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
             (a partial sounds or not); 0 (the default) leaves it out.
+        carry: carry the last frame of the step before into each step directly: the step's
+            flow models ``x - a(c) * last`` with a per-value gain ``a`` from the context (zero
+            at first, so a trained prior grows into it unchanged), instead of rebuilding the
+            held partials from the GRU's summary alone, which loses detail that then compounds
+            step after step when the prior reads its own samples.
         mixture: components of the latent's distribution given the context (a
             :class:`ContextMixture`, so a step can choose a held note or a new one); 0 keeps
             the standard normal of the first shipped prior.
@@ -155,7 +163,7 @@ class MelPrior(Configurable, nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
-                 spline_bins: int = 0):
+                 spline_bins: int = 0, carry: bool = False):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -196,6 +204,7 @@ class MelPrior(Configurable, nn.Module):
                                  steps.bijection),
                          StandardNormal(d))
         self.mixture = ContextMixture(d, ctx, mixture, hid[:1]) if mixture else None
+        self.carry = MLP(ctx, d, hidden=hid[:1]) if carry else None
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
@@ -288,16 +297,36 @@ class MelPrior(Configurable, nn.Module):
                                  f"{', '.join(self.styles)}")
         return torch.full((batch,), int(style), dtype=torch.long)
 
-    def _context(self, hidden_out: Tensor, style: Tensor) -> Tensor:
-        """GRU outputs ``(B, T, H)`` (or ``(B, H)``) and styles ``(B,)`` -> contexts with the
-        style embedding appended."""
-        if self.style_embedding is None:
-            return hidden_out
-        idx = torch.where(style < 0, len(self.styles), style).to(hidden_out.device)
-        emb = self.style_embedding(idx)
-        if hidden_out.dim() == 3:
-            emb = emb[:, None].expand(-1, hidden_out.shape[1], -1)
-        return torch.cat([hidden_out, emb.to(hidden_out.dtype)], dim=-1)
+    def _context(self, hidden_out: Tensor, style: Tensor, prev: Tensor | None = None
+                 ) -> Tensor:
+        """GRU outputs ``(B, T, H)`` (or ``(B, H)``), styles ``(B,)`` and, for a ``carry``
+        prior, the step before each ``(B, T, D)`` (or ``(B, D)``; ``None``: the band means) ->
+        contexts with the style embedding (and the step before) appended."""
+        ctx = hidden_out
+        if self.style_embedding is not None:
+            idx = torch.where(style < 0, len(self.styles), style).to(hidden_out.device)
+            emb = self.style_embedding(idx)
+            if hidden_out.dim() == 3:
+                emb = emb[:, None].expand(-1, hidden_out.shape[1], -1)
+            ctx = torch.cat([hidden_out, emb.to(hidden_out.dtype)], dim=-1)
+        if self.carry is None:
+            return ctx
+        if prev is None:
+            prev = ctx.new_zeros(*ctx.shape[:-1], self.features)
+        return torch.cat([ctx, prev.to(ctx.dtype)], dim=-1)
+
+    def _previous(self, past: Tensor) -> Tensor:
+        """The steps read so far ``(B, T - 1, D)`` -> the step before each of ``T`` steps
+        ``(B, T, D)`` (the band means, zeros, before the first)."""
+        return torch.cat([past.new_zeros(past.shape[0], 1, past.shape[2]), past], dim=1)
+
+    def teacher_forced_context(self, steps: Tensor, style: Tensor) -> Tensor:
+        """The context ``(B, T, C)`` of each of the normalised steps ``(B, T, D)`` given the
+        true steps before it (what training reads, without its noise)."""
+        b, _, d = steps.shape
+        past = steps[:, :-1]
+        out, _ = self.rnn(torch.cat([self.start.to(steps.dtype).expand(b, 1, d), past], dim=1))
+        return self._context(out, style, self._previous(past))
 
     # ---------------------------------------------------------------------------- likelihood
 
@@ -308,11 +337,12 @@ class MelPrior(Configurable, nn.Module):
         past = steps[:, :-1]
         if self.training and self.self_feed > 0 and t > 1 and self._flow_ready():
             past = self._self_fed(steps, style)
+        read = past
         if self.training and self.context_noise > 0:
-            past = past + self.context_noise * torch.randn_like(past)
-        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), past], dim=1)
+            read = past + self.context_noise * torch.randn_like(past)
+        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), read], dim=1)
         out, _ = self.rnn(inputs)
-        ctx = self._context(out, style).reshape(b * t, -1)
+        ctx = self._context(out, style, self._previous(past)).reshape(b * t, -1)
         lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
         return lp.view(b, t).sum(1)
 
@@ -329,33 +359,57 @@ class MelPrior(Configurable, nn.Module):
         step, drawn (temperature 1, lifted to the log floor as in sampling) from the context
         of the true steps before it."""
         b, t, d = steps.shape
-        inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), steps[:, :-2]], dim=1)
-        out, _ = self.rnn(inputs)
-        ctx = self._context(out, style).reshape(b * (t - 1), -1)
+        ctx = self.teacher_forced_context(steps[:, :-1], style).reshape(b * (t - 1), -1)
         drawn, _ = self.sample_step(ctx, 1.0)
         drawn = torch.maximum(drawn, self._floor_step().to(drawn.dtype))
         drawn = drawn.view(b, t - 1, d).to(steps.dtype)
         swap = torch.rand(b, t - 1, 1, device=steps.device) < self.self_feed
         return torch.where(swap, drawn, steps[:, :-1])
 
+    def _split(self, context: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A step's context -> (the flow's context, the step before or ``None``)."""
+        if self.carry is None:
+            return context, None
+        return context[..., :-self.features], context[..., -self.features:]
+
+    def _carried(self, ctx: Tensor, prev: Tensor) -> Tensor:
+        """``a(c) * last``: the gain from the context times the last frame of the step before,
+        repeated over the step's frames ``(N, block * n_mel)``."""
+        last = prev.reshape(-1, self.block, self.n_mel)[:, -1:].expand(-1, self.block, -1)
+        return self.carry(ctx) * last.reshape(prev.shape).to(ctx.dtype)
+
+    def step_latent(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalised steps ``(N, D)`` and their contexts -> the flow's latent ``(N, D)``, the
+        log-determinant ``(N,)`` and the context of the latent's distribution."""
+        ctx, prev = self._split(context)
+        if prev is not None:
+            x = x - self._carried(ctx, prev).to(x.dtype)
+        z, logdet = self.flow.bijection(x, ctx)
+        return z, logdet, ctx
+
     def step_log_prob(self, x: Tensor, context: Tensor) -> Tensor:
         """``log p(x_t | c_t)`` ``(N,)`` of normalised steps ``(N, block * n_mel)`` given their
         contexts ``(N, context)``."""
-        if self.mixture is None:
-            return self.flow.log_prob(x, context)
-        z, logdet = self.flow.bijection(x, context)
-        return self.mixture.log_prob(z, context) + logdet
+        z, logdet, ctx = self.step_latent(x, context)
+        base = (self.flow.base.log_prob(z) if self.mixture is None
+                else self.mixture.log_prob(z, ctx))
+        return base + logdet
 
     def sample_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """A normalised step ``(N, block * n_mel)`` per context row ``(N, context)`` and its
         untempered log-density ``(N,)``."""
+        ctx, prev = self._split(context)
         if self.mixture is None:
-            return self.flow.sample_and_log_prob(context=context, temperature=temperature,
-                                                 generator=generator)
-        z = self.mixture.sample(context, temperature, generator)
-        x, logdet_inv = self.flow.bijection.inverse(z, context)
-        return x, self.mixture.log_prob(z, context) - logdet_inv
+            x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
+                                                  generator=generator)
+        else:
+            z = self.mixture.sample(ctx, temperature, generator)
+            x, logdet_inv = self.flow.bijection.inverse(z, ctx)
+            lp = self.mixture.log_prob(z, ctx) - logdet_inv
+        if prev is not None:  # a shift: the density is unchanged
+            x = x + self._carried(ctx, prev).to(x.dtype)
+        return x, lp
 
     def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None) -> Tensor:
         """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
@@ -396,6 +450,7 @@ class MelPrior(Configurable, nn.Module):
         dev = self._device()
         labels = self.style_index(style, batch, generator).to(dev)
         inputs = self.start.expand(batch, 1, self.features)
+        last = None
         if prime is not None:
             prime = self.check_mel(prime.to(dev, torch.float32), whole_steps=False)
             if prime.shape[0] not in (1, batch):
@@ -403,18 +458,19 @@ class MelPrior(Configurable, nn.Module):
             usable = prime.shape[-1] // self.block * self.block
             steps = self.to_steps(self.normalise(prime[..., prime.shape[-1] - usable:]))
             steps = steps.expand(batch, -1, -1)
+            last = steps[:, -1]
             if self.context_noise > 0:
                 steps = steps + self.context_noise * torch.randn(
                     steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
             inputs = torch.cat([inputs, steps], dim=1)
         _, hidden = self.rnn(inputs)
-        return PriorState(hidden, labels)
+        return PriorState(hidden, labels, last)
 
     def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
         """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
         The log-density is the untempered model's, of the normalised step."""
-        ctx = self._context(state.hidden[-1], state.style)
+        ctx = self._context(state.hidden[-1], state.style, state.last)
         x, lp = self.sample_step(ctx, temperature, generator)
         # A log-mel is never below log(CLAMP) (the front end clamps it there); a sample that
         # falls below is lifted to it before the recurrence reads it, so a stray value cannot
@@ -425,7 +481,7 @@ class MelPrior(Configurable, nn.Module):
             past = x + self.context_noise * torch.randn(x.shape, generator=generator,
                                                         device=x.device, dtype=x.dtype)
         _, hidden = self.rnn(past[:, None], state.hidden)
-        return x, lp, PriorState(hidden, state.style)
+        return x, lp, PriorState(hidden, state.style, x)
 
     @torch.no_grad()
     def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,

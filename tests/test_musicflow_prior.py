@@ -128,12 +128,14 @@ def test_shapes_loss_and_style_labels():
         _tiny().sample(4, style="a")
 
 
-@pytest.mark.parametrize("mixture,spline_bins", [(0, 0), (3, 0), (3, 4)])
-def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture, spline_bins):
+@pytest.mark.parametrize("mixture,spline_bins,carry", [(0, 0, False), (3, 0, False),
+                                                      (3, 4, False), (0, 0, True), (3, 0, True)])
+def test_streamed_sampling_density_equals_the_teacher_forced_one(mixture, spline_bins, carry):
     """The GRU run step by step while sampling and over the whole sequence in training give the
-    same contexts: the sampler's log-density of its output is the batch log_prob."""
-    model = _off_identity(_tiny(styles=["a", "b"], mixture=mixture, spline_bins=spline_bins),
-                          0.05).eval()
+    same contexts (and, for a carry prior, the same step before each step): the sampler's
+    log-density of its output is the batch log_prob."""
+    model = _off_identity(_tiny(styles=["a", "b"], mixture=mixture, spline_bins=spline_bins,
+                                carry=carry), 0.05).eval()
     g = torch.Generator().manual_seed(3)
     state = model.initial_state(2, "b", generator=g)
     parts = list(model.stream(14, state, temperature=0.8, generator=g, chunk_steps=3))
@@ -153,9 +155,10 @@ def test_chunking_and_continuing_a_stream_change_nothing():
     assert torch.equal(torch.cat([m for m, _ in first] + rest, -1), whole)
 
 
-def test_a_primed_continuation_is_the_conditional_of_the_whole():
+@pytest.mark.parametrize("carry", [False, True])
+def test_a_primed_continuation_is_the_conditional_of_the_whole(carry):
     """log p(prime + continuation) - log p(prime) = the streamed density of the continuation."""
-    model = _tiny().eval()
+    model = _off_identity(_tiny(carry=carry), 0.05 if carry else 0.0).eval()
     prime = model.sample(6, seed=1)[0]
     g = torch.Generator().manual_seed(2)
     state = model.initial_state(1, prime=prime, generator=g)
@@ -201,10 +204,10 @@ def test_from_trained_keeps_the_weights_and_adds_a_fresh_mixture():
 
 @pytest.mark.parametrize("coupling,mixture,grow", [
     ("affine", 0, {"n_flows": 4}), ("affine", 3, {"n_flows": 4}), ("spline", 0, {"n_flows": 4}),
-    ("affine", 3, {"spline_bins": 3})])
+    ("affine", 3, {"spline_bins": 3}), ("affine", 3, {"carry": True})])
 def test_from_trained_grows_the_step_flow_from_the_identity(coupling, mixture, grow):
-    """More flow steps, or a context spline per mel value, added to a trained prior start as
-    the identity (the same likelihood) and then learn."""
+    """More flow steps, a context spline per mel value or the carried last frame, added to a
+    trained prior, start as the identity (the same likelihood) and then learn."""
     source = _off_identity(_tiny(styles=["a"], coupling=coupling, mixture=mixture), 0.05)
     source.eval()
     mel = torch.randn(3, 8, 6)
@@ -216,9 +219,37 @@ def test_from_trained_grows_the_step_flow_from_the_identity(coupling, mixture, g
     # the added steps take part in training: their parameters get gradients
     grown.train()
     (-grown.log_prob(mel, "a").mean()).backward()
-    added = [p for name, p in grown.named_parameters()
-             if name not in source.state_dict() and name.startswith("flow.")]
+    added = [p for name, p in grown.named_parameters() if name not in source.state_dict()]
     assert added and any(p.grad is not None and p.grad.abs().sum() > 0 for p in added)
+
+
+def test_carry_shifts_each_step_by_the_gain_times_the_last_frame_before():
+    """A carry prior's step flow reads ``x - a(c) * last``, ``last`` the final frame of the step
+    before repeated over the step's frames; a shift, so the density is the flow's at that point,
+    and sampling adds the same shift back."""
+    model = _off_identity(_tiny(carry=True, mixture=3), 0.05).eval()
+    steps = model.to_steps(torch.randn(2, 8, 8))  # 4 steps of 2 frames x 8 bands
+    style = torch.full((2,), -1)
+    ctx = model.teacher_forced_context(steps, style)
+    plain, prev = ctx[..., :-16], ctx[..., -16:]
+    assert torch.equal(prev[:, 0], torch.zeros(2, 16)) and torch.equal(prev[:, 1:], steps[:, :-1])
+    gain = model.carry(plain)
+    last = steps[:, :-1, 8:].repeat(1, 1, 2)  # the second frame of each step before, twice
+    shift = gain * torch.cat([torch.zeros(2, 1, 16), last], 1)
+    with torch.no_grad():
+        z, ld, flow_ctx = model.step_latent(steps.reshape(8, 16), ctx.reshape(8, -1))
+        want_z, want_ld = model.flow.bijection((steps - shift).reshape(8, 16),
+                                               plain.reshape(8, -1))
+        torch.testing.assert_close(z, want_z)
+        torch.testing.assert_close(ld, want_ld)
+        assert torch.equal(flow_ctx, plain.reshape(8, -1))
+        # sampling: the same shift is added to the flow's sample
+        g = torch.Generator().manual_seed(0)
+        x, _ = model.sample_step(ctx.reshape(8, -1), 0.7, g)
+        back, _, _ = model.step_latent(x, ctx.reshape(8, -1))
+        g = torch.Generator().manual_seed(0)
+        u = model.mixture.sample(plain.reshape(8, -1), 0.7, g)
+        torch.testing.assert_close(back, u, rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_keeps_statistics_and_styles(tmp_path):
@@ -309,6 +340,10 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     assert spl.config["spline_bins"] == 3 and spl.flow.bijection[0].spline is not None
     r = _invoke(*args, "--out", tmp_path / "spl2", "--spline-bins", -1)
     assert r.exit_code == 2 and "Traceback" not in r.output and "'--spline-bins'" in r.output
+    r = _invoke(*args, "--out", tmp_path / "carry", "--init", run, "--carry")
+    assert r.exit_code == 0, r.output
+    carried = load_model(tmp_path / "carry" / "model.safetensors", expected="mel-prior")
+    assert carried.config["carry"] is True and carried.carry is not None
     r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
     assert r.exit_code == 0, r.output
     fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
