@@ -80,6 +80,9 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="Carry the last frame of each step into the next directly, with a gain from "
                    "the context (default: the preset's off, or --init's; with --init it starts "
                    "at zero gain).")
+@click.option("--rollout", type=click.IntRange(min=0), default=None,
+              help="Train each step given a past whose last ROLLOUT steps are the prior's own "
+                   "samples (default: the preset's 0, or --init's).")
 @click.option("--self-feed", type=click.FloatRange(0.0, 1.0), default=None,
               help="Scheduled sampling: this share of the past steps the prior reads in "
                    "training is its own sample of the step instead of the true one (default: "
@@ -95,7 +98,8 @@ def _resume_config(out_dir: Path) -> dict | None:
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
                     flows: int | None, spline_bins: int | None, carry: bool | None,
-                    self_feed: float | None, init_path: Path | None, resume: bool, precision: str,
+                    rollout: int | None, self_feed: float | None, init_path: Path | None,
+                    resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
     from flowsuite.core.trainer import TrainConfig
@@ -135,6 +139,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         extra["spline_bins"] = spline_bins
     if carry is not None:
         extra["carry"] = carry
+    if rollout is not None:
+        extra["rollout"] = rollout
     if saved is not None:
         model = MelPrior(**saved)
     elif source is not None:

@@ -142,6 +142,12 @@ class MelPrior(Configurable, nn.Module):
             gradient) instead of the true step: scheduled sampling. A sampling prior reads only
             its own steps, which a purely teacher-forced one never saw; this teaches it to carry
             on from them. 0 (the default) trains teacher-forced.
+        rollout: train on free-running rollouts: each step's likelihood is taken given a past
+            whose last ``rollout`` steps are the model's own samples (drawn one after another
+            from the true steps before them, at temperature 1, without gradient through the
+            draws), so that the prior learns to return to the music from its own steps. All
+            positions roll out at once (one GRU step and one sampling pass per rollout step);
+            needs ``rnn_layers=1``. 0 (the default) trains teacher-forced.
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -163,7 +169,7 @@ class MelPrior(Configurable, nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
-                 spline_bins: int = 0, carry: bool = False):
+                 spline_bins: int = 0, carry: bool = False, rollout: int = 0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -178,6 +184,10 @@ class MelPrior(Configurable, nn.Module):
         if not 0.0 <= self_feed <= 1.0:
             raise ValueError(f"self_feed must be a share between 0 and 1, not {self_feed}")
         self.self_feed = float(self_feed)
+        if rollout < 0 or (rollout and rnn_layers != 1) or (rollout and self_feed):
+            raise ValueError("rollout must be 0 or positive, needs rnn_layers=1 and excludes "
+                             "self_feed")
+        self.rollout = int(rollout)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         if spline_bins < 0:
@@ -342,9 +352,36 @@ class MelPrior(Configurable, nn.Module):
             read = past + self.context_noise * torch.randn_like(past)
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), read], dim=1)
         out, _ = self.rnn(inputs)
-        ctx = self._context(out, style, self._previous(past)).reshape(b * t, -1)
+        prev = self._previous(past)
+        if self.training and self.rollout > 0 and t > 1 and self._flow_ready():
+            out, prev = self._rolled_out(out, prev, style)
+        ctx = self._context(out, style, prev).reshape(b * t, -1)
         lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
         return lp.view(b, t).sum(1)
+
+    def _rolled_out(self, out: Tensor, prev: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced GRU states ``(B, T, H)`` (the state that predicts each step) and the
+        steps before each ``(B, T, D)`` -> the same after ``rollout`` free-running steps: at
+        every position the state has read its own samples of the last ``min(rollout, t)``
+        steps instead of the true ones. Rollout step ``j`` samples every position from the
+        states of step ``j - 1`` and advances each state by one GRU step over the sample of the
+        position before it."""
+        b, t, _ = out.shape
+        floor = self._floor_step()
+        for _ in range(self.rollout):
+            with torch.no_grad():
+                ctx = self._context(out[:, :-1], style, prev[:, :-1]).reshape(b * (t - 1), -1)
+                drawn, _ = self.sample_step(ctx, 1.0)
+                drawn = torch.maximum(drawn, floor.to(drawn.dtype)).view(b, t - 1, -1)
+                drawn = drawn.to(out.dtype)
+            read = drawn
+            if self.context_noise > 0:
+                read = drawn + self.context_noise * torch.randn_like(drawn)
+            h0 = out[:, :-1].reshape(1, b * (t - 1), -1).contiguous()
+            step, _ = self.rnn(read.reshape(b * (t - 1), 1, -1), h0)
+            out = torch.cat([out[:, :1], step.view(b, t - 1, -1)], dim=1)
+            prev = torch.cat([prev[:, :1], drawn], dim=1)
+        return out, prev
 
     def _flow_ready(self) -> bool:
         """Whether every ActNorm of the step flow has been initialised (a fresh model's first

@@ -344,6 +344,10 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     assert r.exit_code == 0, r.output
     carried = load_model(tmp_path / "carry" / "model.safetensors", expected="mel-prior")
     assert carried.config["carry"] is True and carried.carry is not None
+    r = _invoke(*args, "--out", tmp_path / "ro", "--init", run, "--rollout", 2)
+    assert r.exit_code == 0, r.output
+    rolled = load_model(tmp_path / "ro" / "model.safetensors", expected="mel-prior")
+    assert rolled.config["rollout"] == 2
     r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
     assert r.exit_code == 0, r.output
     fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
@@ -611,6 +615,59 @@ def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, mo
         assert torch.equal(fed.sample(8, seed=2), plain.sample(8, seed=2))
     with pytest.raises(ValueError, match="self_feed"):
         _tiny(self_feed=1.5)
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_rollout_states_have_read_the_models_own_last_steps(carry, monkeypatch):
+    """With ``rollout=2`` the state that predicts step s has read the true steps before s - 2,
+    then the first draw for s - 2 and the second draw for s - 1 (each drawn from the state
+    before it), exactly as a sequential GRU over that past; for a carry prior the step before
+    is the second draw. The loss is the likelihood of the true steps, with gradients."""
+    model = _off_identity(_tiny(styles=["a"], mixture=3, carry=carry, rollout=2), 0.05)
+    model.train()
+    model.noise = 0.0
+    mel = torch.randn(2, 8, 10)
+    style = torch.tensor([0, -1])
+    steps = model.to_steps(model.normalise(mel))  # (2, 5, 16)
+    draws = [torch.randn(2 * 4, 16) - 11.0, torch.randn(2 * 4, 16)]  # the first partly floored
+    calls = []
+
+    def sample_step(self, context, temperature=0.9, generator=None):
+        calls.append(temperature)
+        return draws[len(calls) - 1].clone(), torch.zeros(context.shape[0])
+
+    monkeypatch.setattr(MelPrior, "sample_step", sample_step)
+    with torch.no_grad():
+        out, _ = model.rnn(torch.cat([model.start.expand(2, 1, 16), steps[:, :-1]], 1))
+        rolled, prev = model._rolled_out(out, model._previous(steps[:, :-1]), style)
+    assert calls == [1.0, 1.0]
+    d1 = torch.maximum(draws[0], model._floor_step()).view(2, 4, 16)
+    d2 = draws[1].view(2, 4, 16)
+    for s in range(5):
+        if s == 0:
+            seq = model.start.expand(2, 1, 16)
+        elif s == 1:  # one step back: only the second draw (from the start state)
+            seq = torch.cat([model.start.expand(2, 1, 16), d2[:, :1]], 1)
+        else:
+            seq = torch.cat([model.start.expand(2, 1, 16), steps[:, :s - 2],
+                             d1[:, s - 2:s - 1], d2[:, s - 1:s]], 1)
+        with torch.no_grad():
+            want, _ = model.rnn(seq)
+        torch.testing.assert_close(rolled[:, s], want[:, -1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(prev[:, 0], torch.zeros(2, 16)) and torch.equal(prev[:, 1:], d2)
+    monkeypatch.undo()
+    loss = model(mel)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.rnn.weight_hh_l0.grad.abs().sum() > 0
+    model.eval()
+    plain = MelPrior(**{**model.config, "rollout": 0})
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(mel, "a"), plain.eval().log_prob(mel, "a"))
+    with pytest.raises(ValueError, match="rollout"):
+        _tiny(rollout=2, rnn_layers=2)
+    with pytest.raises(ValueError, match="rollout"):
+        _tiny(rollout=2, self_feed=0.5)
 
 
 def test_self_feed_waits_for_the_actnorm_initialisation():
