@@ -78,8 +78,7 @@ def teacher_forced(prior: MelPrior, crops: torch.Tensor, labels: torch.Tensor,
     steps = prior.to_steps(prior.normalise(crops))
     b, t, d = steps.shape
     ctx = prior.teacher_forced_context(steps, labels).reshape(b * t, -1)
-    x, _ = prior.sample_step(ctx, temperature, g)
-    x = torch.maximum(x, prior._floor_step()).view(b, t, d)
+    x = prior.draw_step(ctx, temperature, g)[0].view(b, t, d)
     return prior.denormalise(prior.from_steps(x))
 
 

@@ -367,13 +367,10 @@ class MelPrior(Configurable, nn.Module):
         states of step ``j - 1`` and advances each state by one GRU step over the sample of the
         position before it."""
         b, t, _ = out.shape
-        floor = self._floor_step()
         for _ in range(self.rollout):
             with torch.no_grad():
                 ctx = self._context(out[:, :-1], style, prev[:, :-1]).reshape(b * (t - 1), -1)
-                drawn, _ = self.sample_step(ctx, 1.0)
-                drawn = torch.maximum(drawn, floor.to(drawn.dtype)).view(b, t - 1, -1)
-                drawn = drawn.to(out.dtype)
+                drawn = self.draw_step(ctx, 1.0)[0].view(b, t - 1, -1).to(out.dtype)
             read = drawn
             if self.context_noise > 0:
                 read = drawn + self.context_noise * torch.randn_like(drawn)
@@ -397,9 +394,7 @@ class MelPrior(Configurable, nn.Module):
         of the true steps before it."""
         b, t, d = steps.shape
         ctx = self.teacher_forced_context(steps[:, :-1], style).reshape(b * (t - 1), -1)
-        drawn, _ = self.sample_step(ctx, 1.0)
-        drawn = torch.maximum(drawn, self._floor_step().to(drawn.dtype))
-        drawn = drawn.view(b, t - 1, d).to(steps.dtype)
+        drawn = self.draw_step(ctx, 1.0)[0].view(b, t - 1, d).to(steps.dtype)
         swap = torch.rand(b, t - 1, 1, device=steps.device) < self.self_feed
         return torch.where(swap, drawn, steps[:, :-1])
 
@@ -447,6 +442,15 @@ class MelPrior(Configurable, nn.Module):
         if prev is not None:  # a shift: the density is unchanged
             x = x + self._carried(ctx, prev).to(x.dtype)
         return x, lp
+
+    def draw_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`sample_step` as the recurrence reads it: a log-mel is never below log(CLAMP)
+        (the front end clamps it there), so a sampled value that falls below is lifted to it,
+        and a stray value cannot drive the following steps off the data. The log-density is
+        the raw sample's."""
+        x, lp = self.sample_step(context, temperature, generator)
+        return torch.maximum(x, self._floor_step().to(x.dtype)), lp
 
     def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None) -> Tensor:
         """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
@@ -508,11 +512,7 @@ class MelPrior(Configurable, nn.Module):
         """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
         The log-density is the untempered model's, of the normalised step."""
         ctx = self._context(state.hidden[-1], state.style, state.last)
-        x, lp = self.sample_step(ctx, temperature, generator)
-        # A log-mel is never below log(CLAMP) (the front end clamps it there); a sample that
-        # falls below is lifted to it before the recurrence reads it, so a stray value cannot
-        # drive the following steps off the data (the density is that of the raw sample).
-        x = torch.maximum(x, self._floor_step().to(x.dtype))
+        x, lp = self.draw_step(ctx, temperature, generator)
         past = x
         if self.context_noise > 0:
             past = x + self.context_noise * torch.randn(x.shape, generator=generator,
