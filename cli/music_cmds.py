@@ -83,6 +83,9 @@ def _resume_config(out_dir: Path) -> dict | None:
 @click.option("--rollout", type=click.IntRange(min=0), default=None,
               help="Train each step given a past whose last ROLLOUT steps are the prior's own "
                    "samples (default: the preset's 0, or --init's).")
+@click.option("--rollout-share", type=click.FloatRange(0.0, 1.0), default=None,
+              help="With --rollout: the share of each batch trained on rollouts, the rest "
+                   "teacher-forced (default: 1, or --init's).")
 @click.option("--self-feed", type=click.FloatRange(0.0, 1.0), default=None,
               help="Scheduled sampling: this share of the past steps the prior reads in "
                    "training is its own sample of the step instead of the true one (default: "
@@ -98,7 +101,8 @@ def _resume_config(out_dir: Path) -> dict | None:
 def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batch_size: int,
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
                     flows: int | None, spline_bins: int | None, carry: bool | None,
-                    rollout: int | None, self_feed: float | None, init_path: Path | None,
+                    rollout: int | None, rollout_share: float | None,
+                    self_feed: float | None, init_path: Path | None,
                     resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
@@ -141,6 +145,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         extra["carry"] = carry
     if rollout is not None:
         extra["rollout"] = rollout
+    if rollout_share is not None:
+        extra["rollout_share"] = rollout_share
     if saved is not None:
         model = MelPrior(**saved)
     elif source is not None:

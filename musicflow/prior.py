@@ -148,6 +148,8 @@ class MelPrior(Configurable, nn.Module):
             draws), so that the prior learns to return to the music from its own steps. All
             positions roll out at once (one GRU step and one sampling pass per rollout step);
             needs ``rnn_layers=1``. 0 (the default) trains teacher-forced.
+        rollout_share: the share of each batch's sequences trained on rollouts (drawn anew per
+            batch); the others stay teacher-forced.
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -169,7 +171,8 @@ class MelPrior(Configurable, nn.Module):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
-                 spline_bins: int = 0, carry: bool = False, rollout: int = 0):
+                 spline_bins: int = 0, carry: bool = False, rollout: int = 0,
+                 rollout_share: float = 1.0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -188,6 +191,9 @@ class MelPrior(Configurable, nn.Module):
             raise ValueError("rollout must be 0 or positive, needs rnn_layers=1 and excludes "
                              "self_feed")
         self.rollout = int(rollout)
+        if not 0.0 <= rollout_share <= 1.0:
+            raise ValueError(f"rollout_share must be between 0 and 1, not {rollout_share}")
+        self.rollout_share = float(rollout_share)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         if spline_bins < 0:
@@ -354,7 +360,12 @@ class MelPrior(Configurable, nn.Module):
         out, _ = self.rnn(inputs)
         prev = self._previous(past)
         if self.training and self.rollout > 0 and t > 1 and self._flow_ready():
-            out, prev = self._rolled_out(out, prev, style)
+            rows = (torch.rand(b, device=out.device) < self.rollout_share).nonzero()[:, 0]
+            if len(rows) == b:
+                out, prev = self._rolled_out(out, prev, style)
+            elif len(rows):
+                ro, rp = self._rolled_out(out[rows], prev[rows], style.to(out.device)[rows])
+                out, prev = out.index_copy(0, rows, ro), prev.index_copy(0, rows, rp)
         ctx = self._context(out, style, prev).reshape(b * t, -1)
         lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
         return lp.view(b, t).sum(1)

@@ -348,6 +348,11 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     assert r.exit_code == 0, r.output
     rolled = load_model(tmp_path / "ro" / "model.safetensors", expected="mel-prior")
     assert rolled.config["rollout"] == 2
+    r = _invoke(*args, "--out", tmp_path / "ros", "--init", run, "--rollout", 2, "--rollout-share",
+                0.5)
+    assert r.exit_code == 0, r.output
+    shared = load_model(tmp_path / "ros" / "model.safetensors", expected="mel-prior")
+    assert shared.config["rollout_share"] == 0.5
     r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
     assert r.exit_code == 0, r.output
     fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
@@ -668,6 +673,57 @@ def test_rollout_states_have_read_the_models_own_last_steps(carry, monkeypatch):
         _tiny(rollout=2, rnn_layers=2)
     with pytest.raises(ValueError, match="rollout"):
         _tiny(rollout=2, self_feed=0.5)
+
+
+def test_rollout_share_rolls_out_a_random_share_of_the_batch(monkeypatch):
+    """``rollout_share`` picks the sequences of each batch that train on rollouts (a fresh draw
+    per batch); the rest keep their teacher-forced states. 0 is teacher forcing."""
+    base = _off_identity(_tiny(styles=["a"], mixture=3), 0.05)
+    mel = torch.randn(6, 8, 10)
+
+    def made(**kw):
+        m = MelPrior(**{**base.config, **kw})
+        m.load_state_dict(base.state_dict())
+        m.train()
+        m.noise = 0.0
+        return m
+
+    forced_model, none = made(), made(rollout=2, rollout_share=0.0)
+    torch.manual_seed(0)
+    forced = forced_model(mel)["loss"]
+    torch.manual_seed(0)
+    assert torch.equal(none(mel)["loss"], forced)
+    seen = []
+    real = MelPrior._rolled_out
+
+    def spy(self, out, prev, style):  # halves the states of the rows it is given
+        seen.append((out.shape[0], style.clone()))
+        return out * 0.5, prev
+
+    monkeypatch.setattr(MelPrior, "_rolled_out", spy)
+    half_model = made(rollout=2, rollout_share=0.5)
+    x, style = half_model.normalise(mel), torch.zeros(6, dtype=torch.long)
+    torch.manual_seed(1)
+    chosen = torch.rand(6) < 0.5
+    torch.manual_seed(1)
+    half = half_model._log_prob_normalised(x, style)
+    with torch.no_grad():
+        per_row = forced_model._log_prob_normalised(x, style)
+        steps = forced_model.to_steps(x)
+        ctx = forced_model.teacher_forced_context(steps, style)
+        ctx[chosen, :, :12] *= 0.5  # the GRU part of the chosen rows' contexts, as the spy does
+        want = forced_model.step_log_prob(steps.reshape(30, -1), ctx.reshape(30, -1))
+    assert 0 < int(chosen.sum()) < 6 and seen[0][0] == int(chosen.sum())
+    assert torch.equal(half[~chosen], per_row[~chosen])
+    torch.testing.assert_close(half, want.view(6, 5).sum(1))
+    assert not torch.isclose(half[chosen], per_row[chosen]).any()
+    monkeypatch.setattr(MelPrior, "_rolled_out", real)
+    model = made(rollout=2, rollout_share=0.5)
+    loss = model(mel)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.rnn.weight_hh_l0.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="rollout_share"):
+        _tiny(rollout=2, rollout_share=1.5)
 
 
 def test_self_feed_waits_for_the_actnorm_initialisation():
