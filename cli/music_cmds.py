@@ -117,6 +117,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         raise FlowsuiteError(f"--segment-frames must be at least 2, not {segment_frames}")
     if mixture is not None and (mixture < 0 or mixture == 1):
         raise FlowsuiteError(f"--mixture must be 0 or at least 2 components, not {mixture}")
+    if rollout and self_feed:
+        raise FlowsuiteError("--rollout and --self-feed exclude each other; choose one")
     dev = resolve_device(device)
     source = None
     if init_path is not None:
@@ -134,26 +136,20 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
-    extra: dict[str, float] = {} if mixture is None else {"mixture": mixture}
-    if flows is not None:
-        extra["n_flows"] = flows
-    if self_feed is not None:
-        extra["self_feed"] = self_feed
-    if spline_bins is not None:
-        extra["spline_bins"] = spline_bins
-    if carry is not None:
-        extra["carry"] = carry
-    if rollout is not None:
-        extra["rollout"] = rollout
-    if rollout_share is not None:
-        extra["rollout_share"] = rollout_share
-    if saved is not None:
-        model = MelPrior(**saved)
-    elif source is not None:
-        model = MelPrior.from_trained(source, **extra)
-    else:
-        model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats(),
-                                     **extra)
+    given = {"mixture": mixture, "n_flows": flows, "self_feed": self_feed,
+             "spline_bins": spline_bins, "carry": carry, "rollout": rollout,
+             "rollout_share": rollout_share}
+    extra = {k: v for k, v in given.items() if v is not None}
+    try:
+        if saved is not None:
+            model = MelPrior(**saved)
+        elif source is not None:
+            model = MelPrior.from_trained(source, **extra)
+        else:
+            model = MelPrior.from_preset(preset, styles=corpus.styles, **corpus.band_stats(),
+                                         **extra)
+    except ValueError as e:  # a combination of options the model does not take
+        raise FlowsuiteError(str(e)) from None
     every = min(500, steps) if steps > 0 else 1
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                          warmup=run_warmup(out_dir, steps, resume, cap=200), val_every=every,

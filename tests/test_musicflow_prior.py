@@ -353,10 +353,17 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     assert r.exit_code == 0, r.output
     shared = load_model(tmp_path / "ros" / "model.safetensors", expected="mel-prior")
     assert shared.config["rollout_share"] == 0.5
+    _fails(_invoke(*args, "--out", tmp_path / "ro2", "--rollout", 2, "--self-feed", 0.5),
+           "--rollout", "--self-feed")
+    assert not (tmp_path / "ro2").exists()
+    fed_run = tmp_path / "sf"  # made below; a rollout on top of its self-feeding fails cleanly
     r = _invoke(*args, "--out", tmp_path / "sf", "--init", run, "--self-feed", 0.5)
     assert r.exit_code == 0, r.output
     fed = load_model(tmp_path / "sf" / "model.safetensors", expected="mel-prior")
     assert fed.config["self_feed"] == 0.5 and source.config.get("self_feed", 0.0) == 0.0
+    _fails(_invoke(*args, "--out", tmp_path / "ro3", "--init", fed_run, "--rollout", 2),
+           "rollout", "self_feed")
+    assert not (tmp_path / "ro3").exists()
     r = _invoke(*args, "--out", tmp_path / "sf2", "--self-feed", 1.5)
     assert r.exit_code == 2 and "Traceback" not in r.output and "'--self-feed'" in r.output
     assert not (tmp_path / "sf2").exists()
