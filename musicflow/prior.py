@@ -96,14 +96,14 @@ class ContextAffine(Bijection):
         return z, ld
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ld = None
+        spline_ld = None
         if self.spline is not None:
             z, ld2 = self.spline.inverse(
                 z, self._params(self.spline_net, self.spline.num_params, context, z))
-            ld = logdet_sum(ld2)
-        x, ld1 = self.transform.inverse(z, self._params(self.net, 2, context, z))
-        ld1 = logdet_sum(ld1)
-        return x, ld1 if ld is None else ld1 + ld
+            spline_ld = logdet_sum(ld2)
+        x, ld = self.transform.inverse(z, self._params(self.net, 2, context, z))
+        ld = logdet_sum(ld)
+        return x, ld if spline_ld is None else ld + spline_ld
 
 
 @dataclass
@@ -361,9 +361,7 @@ class MelPrior(Configurable, nn.Module):
         prev = self._previous(past)
         if self.training and self.rollout > 0 and t > 1 and self._flow_ready():
             rows = (torch.rand(b, device=out.device) < self.rollout_share).nonzero()[:, 0]
-            if len(rows) == b:
-                out, prev = self._rolled_out(out, prev, style)
-            elif len(rows):
+            if len(rows):
                 ro, rp = self._rolled_out(out[rows], prev[rows], style.to(out.device)[rows])
                 out, prev = out.index_copy(0, rows, ro), prev.index_copy(0, rows, rp)
         ctx = self._context(out, style, prev).reshape(b * t, -1)
