@@ -77,11 +77,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 @click.option("--point-steps", default=None, type=click.IntRange(min=1),
               help="Couplings in the point flow (default: the preset's, or --init's); more than "
                    "--init's appends couplings that start as the identity.")
+@click.option("--point-splines", default=None, type=click.IntRange(min=0),
+              help="Rational-quadratic spline couplings after the point flow's affine ones "
+                   "(default: the preset's 0, or --init's); more than --init's appends them "
+                   "from the identity.")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained model (run folder or model file) on the "
                    "same categories; its normalisation is kept and new parts (--point-mixture, "
-                   "--point-steps) start fresh. To add categories, use `gen finetune "
-                   "pointcloud`.")
+                   "--point-steps, --point-splines) start fresh. To add categories, use `gen "
+                   "finetune pointcloud`.")
 @click.option("--val-every", default=None, type=click.IntRange(1), hidden=True)
 @click.option("--ckpt-every", default=None, type=click.IntRange(1), hidden=True)
 @precision_option
@@ -90,6 +94,7 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
                      batch_size: int, points_per_shape: int, lr: float, device: str, seed: int,
                      resume: bool, latent_dim: int | None, preset: str, point_mixture: int | None,
                      softflow_noise: float | None, point_steps: int | None,
+                     point_splines: int | None,
                      init_path: Path | None, val_every: int | None,
                      ckpt_every: int | None, precision: str,
                      time_limit: float | None) -> None:
@@ -105,6 +110,8 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
         extra["softflow_max_noise"] = softflow_noise
     if point_steps is not None:
         extra["point_steps"] = point_steps
+    if point_splines is not None:
+        extra["point_splines"] = point_splines
     if init_path is None:
         train_set, val_set = open_sets(data_dir, category_list(categories), points_per_shape,
                                        seed)

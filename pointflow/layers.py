@@ -61,25 +61,28 @@ class FiLMConditioner(nn.Module):
 
 
 def point_bijection(steps: int, hidden: Sequence[int], context_features: int, kind: str = "affine",
-                    bins: int = 8, bound: float = 4.0, scale_bound: float = 3.0) -> Compose:
+                    bins: int = 8, bound: float = 4.0, scale_bound: float = 3.0,
+                    splines: int = 0) -> Compose:
     """The flow over points ``(B, N, 3)`` conditioned on ``(B, context_features)``.
 
     ``ActNorm`` standardises the coordinates; then ``steps`` couplings alternate between
     transforming two coordinates from the third (``split=1, parity=0``) and the third from the
     other two (``parity=1``), with a learned 3x3 ``InvertibleLinear`` before every pair so that
-    the split axes rotate.
+    the split axes rotate. ``splines`` more couplings of the rational-quadratic spline kind follow
+    on the base side, in the same pattern: appended after the others, they keep the names of a
+    flow without them, so a trained flow can be grown by them from the identity.
     """
     if kind not in POINT_KINDS:
         raise ValueError(f"point flow kind must be one of {POINT_KINDS}, got {kind!r}")
+
+    def cond(a: int, b: int) -> nn.Module:
+        return FiLMConditioner(a, b, context_features, hidden)
+
     layers: list[Bijection] = [ActNorm(3)]
-    for i in range(steps):
+    for i in range(steps + splines):
         if i % 2 == 0:
             layers.append(InvertibleLinear(3))
-
-        def cond(a: int, b: int) -> nn.Module:
-            return FiLMConditioner(a, b, context_features, hidden)
-
-        if kind == "affine":
+        if kind == "affine" and i < steps:
             layers.append(AffineCoupling(3, cond, split=1, parity=i % 2, scale_bound=scale_bound))
         else:
             layers.append(SplineCoupling(3, cond, split=1, parity=i % 2, bins=bins, bound=bound))

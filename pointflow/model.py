@@ -70,6 +70,10 @@ class PointFlowModel(nn.Module):
             :class:`~flowsuite.core.ContextMixture` of K normals whose weights, means and scales
             depend on ``z``, so that disjoint parts of a shape (a car's wheels and body) can come
             from separate components instead of one Gaussian stretched into bridges between them.
+        point_splines: rational-quadratic spline couplings after the ``point_steps`` ones, on the
+            base side (``spline_bins``, ``spline_bound``): piecewise maps that can thin the
+            density between parts where an affine map can only stretch it. Given to
+            :meth:`from_trained`, they start as the identity.
 
     ``config`` holds these keyword arguments (JSON-serialisable): ``PointFlowModel(**m.config)``
     rebuilds the architecture.
@@ -81,7 +85,7 @@ class PointFlowModel(nn.Module):
                  latent_steps: int = 6, latent_hidden: Sequence[int] = (256, 256),
                  category_dim: int = 32, softflow_max_noise: float = 0.05,
                  prior_weight: float = 1.0, entropy_weight: float = 1.0,
-                 point_mixture: int = 0):
+                 point_mixture: int = 0, point_splines: int = 0):
         super().__init__()
         if num_categories < 1:
             raise FlowsuiteError(f"num_categories must be at least 1, got {num_categories}")
@@ -95,6 +99,8 @@ class PointFlowModel(nn.Module):
         if point_mixture < 0 or point_mixture == 1:
             raise FlowsuiteError("point_mixture must be 0 (a standard normal base) or at least 2 "
                                  f"components, not {point_mixture}")
+        if point_splines < 0:
+            raise FlowsuiteError(f"point_splines must be >= 0, not {point_splines}")
         self.config: dict[str, Any] = {
             "num_categories": int(num_categories), "latent_dim": int(latent_dim),
             "encoder_width": int(encoder_width), "point_steps": int(point_steps),
@@ -106,6 +112,8 @@ class PointFlowModel(nn.Module):
         }
         if point_mixture:  # absent from the files of models without one, which load as before
             self.config["point_mixture"] = int(point_mixture)
+        if point_splines:
+            self.config["point_splines"] = int(point_splines)
         self.num_categories = int(num_categories)
         self.latent_dim = int(latent_dim)
         self.softflow_max_noise = float(softflow_max_noise)
@@ -117,7 +125,8 @@ class PointFlowModel(nn.Module):
                           StandardNormal(latent_dim))
         # The point flow's context: z and one feature for the SoftFlow noise level.
         self.point_flow = Flow(point_bijection(point_steps, point_hidden, latent_dim + 1,
-                                               point_kind, spline_bins, spline_bound),
+                                               point_kind, spline_bins, spline_bound,
+                                               splines=int(point_splines)),
                                StandardNormal(1, 3))
         self.point_mixture = (ContextMixture(3, latent_dim + 1, int(point_mixture),
                                              hidden=(int(point_hidden[0]),))

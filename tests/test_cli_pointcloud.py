@@ -119,7 +119,7 @@ def test_init_starts_from_a_trained_model_and_adds_a_point_mixture(trained, tmp_
     assert _n_points(tmp_path / "t.ply") == 64
 
 
-def test_softflow_noise_and_point_steps_options_change_only_their_setting(trained, tmp_path):
+def test_softflow_noise_point_steps_and_point_splines_change_only_their_setting(trained, tmp_path):
     from flowsuite.pointflow.model import PointFlowModel
 
     data, run = trained
@@ -134,6 +134,10 @@ def test_softflow_noise_and_point_steps_options_change_only_their_setting(traine
     assert r.exit_code == 0, r.output
     deeper = PointFlowModel.from_pretrained(tmp_path / "deeper")
     assert deeper.config == {**old.config, "point_steps": old.config["point_steps"] + 2}
+    r = _run(*base, "--out", tmp_path / "splined", "--init", run, "--point-splines", 2)
+    assert r.exit_code == 0, r.output
+    splined = PointFlowModel.from_pretrained(tmp_path / "splined")
+    assert splined.config == {**old.config, "point_splines": 2}
     r = _run(*base, "--out", tmp_path / "none", "--init", run, "--point-steps", 0)
     assert r.exit_code == 2 and "Traceback" not in r.output and "--point-steps" in r.output
     assert not (tmp_path / "none").exists()

@@ -45,15 +45,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("kind", ["affine", "spline"])
-def test_point_flow_is_an_exact_bijection(kind):
+@pytest.mark.parametrize("kind,splines", [("affine", 0), ("spline", 0), ("affine", 3)])
+def test_point_flow_is_an_exact_bijection(kind, splines):
     torch.manual_seed(0)
-    model = PointFlowModel(2, point_kind=kind, **TINY).double()
+    model = PointFlowModel(2, point_kind=kind, point_splines=splines, **TINY).double()
     _randomize(model.point_flow)
+    kinds = [type(layer).__name__ for layer in model.point_flow.bijection.bijections]
+    assert kinds.count("SplineCoupling") == (TINY["point_steps"] if kind == "spline" else 0) \
+        + splines
     x = torch.randn(2, 5, 3, dtype=torch.float64) * 0.7
     ctx = model._point_context(torch.randn(2, 8, dtype=torch.float64))
-    # Four random spline layers compose to a less well-conditioned map than one layer: 1e-7.
-    check_inverse(model.point_flow.bijection, x, ctx, atol=1e-7)
+    # Four random spline layers compose to a less well-conditioned map than one layer: 1e-7;
+    # seven random layers (four affine, three spline) to a worse one still: 1e-6.
+    check_inverse(model.point_flow.bijection, x, ctx, atol=1e-6 if splines else 1e-7)
     check_logdet(model.point_flow.bijection, x, ctx)
 
 
@@ -256,17 +260,19 @@ def test_a_point_mixture_base_is_an_exact_density_and_starts_as_the_trained_mode
     assert path.shape == (4, 50, 3) and bool(torch.isfinite(path).all())
 
 
-def test_from_trained_grows_the_point_flow_from_the_identity():
-    """More point_steps than the trained model appends couplings (and their 3x3 maps) that start
-    as the identity: the grown model's density is the trained one's, and the new layers learn."""
+@pytest.mark.parametrize("grow", ["point_steps", "point_splines"])
+def test_from_trained_grows_the_point_flow_from_the_identity(grow):
+    """More point_steps (or point_splines) than the trained model appends couplings (and their
+    3x3 maps) that start as the identity: the grown model's density is the trained one's, and the
+    new layers learn."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     trained = PointFlowModel(2, **{**TINY, "point_mixture": 2})
     _randomize(trained, scale=0.05)
     trained.eval()
-    steps = trained.config["point_steps"]
-    grown = PointFlowModel.from_trained(trained, point_steps=steps + 3).eval()
-    assert grown.config["point_steps"] == steps + 3
+    more = trained.config.get(grow, 0) + 3
+    grown = PointFlowModel.from_trained(trained, **{grow: more}).eval()
+    assert grown.config == {**trained.config, grow: more}
     pts, z = sphere(3, 64, g), torch.randn(3, 8, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(grown.points_log_prob(pts, z), trained.points_log_prob(pts, z),
@@ -293,5 +299,14 @@ def test_a_point_mixture_model_round_trips_and_old_files_load_without_one(tmp_pa
     assert torch.equal(back.points_log_prob(pts, z), mixed.eval().points_log_prob(pts, z))
     with pytest.raises(FlowsuiteError, match="point_mixture"):
         PointFlowModel(2, **TINY, point_mixture=1)
+    assert "point_splines" not in plain.config and again.config == plain.config
+    splined = PointFlowModel(2, **TINY, point_splines=2)
+    _randomize(splined)
+    save_model(splined, tmp_path / "splined.safetensors")
+    back = load_model(tmp_path / "splined.safetensors").eval()
+    assert back.config["point_splines"] == 2
+    assert torch.equal(back.points_log_prob(pts, z), splined.eval().points_log_prob(pts, z))
+    with pytest.raises(FlowsuiteError, match="point_splines"):
+        PointFlowModel(2, **TINY, point_splines=-1)
     with pytest.raises(FlowsuiteError, match="cannot start from the trained"):
         PointFlowModel.from_trained(plain, latent_dim=6)
