@@ -1,9 +1,11 @@
 """Sampling and training speed of PointFlowModel on the CPU.
 
-    python bench/pointflow_speed.py [--kind affine|spline] [--threads 1 2] [--out FILE.json]
+    python bench/pointflow_speed.py [--kind affine|spline] [--point-splines 0 2] [--threads 1 2]
+        [--out FILE.json]
 
 Prints (and optionally saves) the median time to sample one shape of 2048 points (goal < 50 ms),
-batched shapes per second, and training shapes per second of the default configuration.
+batched shapes per second, and training shapes per second of the default configuration (with
+``--point-splines N``, N spline couplings after its point couplings).
 Weights are perturbed away from the identity start so the timings are those of a trained model.
 """
 
@@ -38,10 +40,10 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(kind: str, threads: int, repeats: int, train_points: int) -> dict:
+def bench(kind: str, splines: int, threads: int, repeats: int, train_points: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = PointFlowModel(4, point_kind=kind)
+    model = PointFlowModel(4, point_kind=kind, point_splines=splines)
     _perturb(model)
     model.eval()
     one = _median_time(lambda: model.sample(1, count=1, points=2048, seed=0), repeats)
@@ -61,7 +63,7 @@ def bench(kind: str, threads: int, repeats: int, train_points: int) -> dict:
 
     train = _median_time(step, 5)
     return {
-        "kind": kind, "threads": threads,
+        "kind": kind, "point_splines": splines, "threads": threads,
         "sample_one_2048_ms": one * 1e3,
         "sample_batch16_shapes_per_s": batch / many,
         f"train_shapes_per_s_batch16_{train_points}pts": 16 / train,
@@ -72,6 +74,7 @@ def bench(kind: str, threads: int, repeats: int, train_points: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", nargs="+", default=["affine", "spline"])
+    ap.add_argument("--point-splines", nargs="+", type=int, default=[0])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--train-points", type=int, default=2048)
@@ -86,10 +89,11 @@ def main() -> None:
         "runs": [],
     }
     for kind in args.kind:
-        for threads in args.threads:
-            r = bench(kind, threads, args.repeats, args.train_points)
-            print(json.dumps(r))
-            results["runs"].append(r)
+        for splines in args.point_splines:
+            for threads in args.threads:
+                r = bench(kind, splines, threads, args.repeats, args.train_points)
+                print(json.dumps(r))
+                results["runs"].append(r)
     results["load_average_after"] = os.getloadavg()[0]
     if args.out:
         with open(args.out, "w") as f:
