@@ -353,9 +353,7 @@ class MelPrior(Configurable, nn.Module):
         past = steps[:, :-1]
         if self.training and self.self_feed > 0 and t > 1 and self._flow_ready():
             past = self._self_fed(steps, style)
-        read = past
-        if self.training and self.context_noise > 0:
-            read = past + self.context_noise * torch.randn_like(past)
+        read = self._as_read(past) if self.training else past
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), read], dim=1)
         out, _ = self.rnn(inputs)
         prev = self._previous(past)
@@ -380,14 +378,19 @@ class MelPrior(Configurable, nn.Module):
             with torch.no_grad():
                 ctx = self._context(out[:, :-1], style, prev[:, :-1]).reshape(b * (t - 1), -1)
                 drawn = self.draw_step(ctx, 1.0)[0].view(b, t - 1, -1).to(out.dtype)
-            read = drawn
-            if self.context_noise > 0:
-                read = drawn + self.context_noise * torch.randn_like(drawn)
+            read = self._as_read(drawn)
             h0 = out[:, :-1].reshape(1, b * (t - 1), -1).contiguous()
             step, _ = self.rnn(read.reshape(b * (t - 1), 1, -1), h0)
             out = torch.cat([out[:, :1], step.view(b, t - 1, -1)], dim=1)
             prev = torch.cat([prev[:, :1], drawn], dim=1)
         return out, prev
+
+    def _as_read(self, steps: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``steps`` as the GRU reads them: with ``context_noise`` added where it is set."""
+        if self.context_noise <= 0:
+            return steps
+        return steps + self.context_noise * torch.randn(steps.shape, generator=generator,
+                                                        device=steps.device, dtype=steps.dtype)
 
     def _flow_ready(self) -> bool:
         """Whether every ActNorm of the step flow has been initialised (a fresh model's first
@@ -509,10 +512,7 @@ class MelPrior(Configurable, nn.Module):
             steps = self.to_steps(self.normalise(prime[..., prime.shape[-1] - usable:]))
             steps = steps.expand(batch, -1, -1)
             last = steps[:, -1]
-            if self.context_noise > 0:
-                steps = steps + self.context_noise * torch.randn(
-                    steps.shape, generator=generator, device=steps.device, dtype=steps.dtype)
-            inputs = torch.cat([inputs, steps], dim=1)
+            inputs = torch.cat([inputs, self._as_read(steps, generator)], dim=1)
         _, hidden = self.rnn(inputs)
         return PriorState(hidden, labels, last)
 
@@ -522,11 +522,7 @@ class MelPrior(Configurable, nn.Module):
         The log-density is the untempered model's, of the normalised step."""
         ctx = self._context(state.hidden[-1], state.style, state.last)
         x, lp = self.draw_step(ctx, temperature, generator)
-        past = x
-        if self.context_noise > 0:
-            past = x + self.context_noise * torch.randn(x.shape, generator=generator,
-                                                        device=x.device, dtype=x.dtype)
-        _, hidden = self.rnn(past[:, None], state.hidden)
+        _, hidden = self.rnn(self._as_read(x, generator)[:, None], state.hidden)
         return x, lp, PriorState(hidden, state.style, x)
 
     @torch.no_grad()
