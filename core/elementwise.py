@@ -153,6 +153,11 @@ class RationalQuadraticSpline(ElementwiseTransform):
     Zero parameters give equal bins and unit derivatives: the identity. Inputs are clamped before
     any arithmetic, so values far outside the interval never produce inf or NaN, in the output or
     in the gradient. No data-dependent branches: every element takes the same path.
+
+    Half-precision inputs (bfloat16 activations under autocast, float16) are computed in float32
+    and the result is cast back; the log-derivatives stay float32. bfloat16's 8-bit mantissa
+    spaces numbers 1/64 apart near 4, so minimum-size bins of a half-precision knot table collapse
+    to zero height, and a zero slope's logarithm turns the loss to inf.
     """
 
     def __init__(self, bins: int = 8, bound: float = 4.0, min_width: float = 1e-3,
@@ -208,6 +213,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return x0, x1 - x0, y0, y1 - y0, d0, d1
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        if _is_half(x) or _is_half(params):
+            y, logderiv = self.forward(_widened(x), _widened(params))
+            return y.to(x.dtype), logderiv
         inside = x.abs() < self.bound
         xc = x.clamp(-self.bound, self.bound)
         x0, w, y0, h, d0, d1 = self._bin(self._table(params), 0, xc)
@@ -224,6 +232,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return torch.where(inside, y, x), torch.where(inside, logderiv, 0.0)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        if _is_half(y) or _is_half(params):
+            x, logderiv = self.inverse(_widened(y), _widened(params))
+            return x.to(y.dtype), logderiv
         inside = y.abs() < self.bound
         yc = y.clamp(-self.bound, self.bound)
         x0, w, y0, h, d0, d1 = self._bin(self._table(params), 1, yc)
@@ -245,6 +256,15 @@ class RationalQuadraticSpline(ElementwiseTransform):
         inner = torch.addcmul(torch.addcmul(d1 * theta * theta, s, t1t, value=2), d0, omt * omt)
         logderiv = 2 * torch.log(denom / s) - torch.log(inner)
         return torch.where(inside, x, y), torch.where(inside, logderiv, 0.0)
+
+
+def _is_half(t: Tensor) -> bool:
+    return t.dtype in (torch.float16, torch.bfloat16)
+
+
+def _widened(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is in a half precision, else as it is."""
+    return t.float() if _is_half(t) else t
 
 
 def make_transform(kind: str, **kwargs) -> ElementwiseTransform:
