@@ -213,8 +213,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return x0, x1 - x0, y0, y1 - y0, d0, d1
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        if _is_half(x) or _is_half(params):
-            y, logderiv = self.forward(_widened(x), _widened(params))
+        xw, pw = _widened(x), _widened(params)
+        if xw is not x or pw is not params:
+            y, logderiv = self.forward(xw, pw)
             return y.to(x.dtype), logderiv
         inside = x.abs() < self.bound
         xc = x.clamp(-self.bound, self.bound)
@@ -232,8 +233,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return torch.where(inside, y, x), torch.where(inside, logderiv, 0.0)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        if _is_half(y) or _is_half(params):
-            x, logderiv = self.inverse(_widened(y), _widened(params))
+        yw, pw = _widened(y), _widened(params)
+        if yw is not y or pw is not params:
+            x, logderiv = self.inverse(yw, pw)
             return x.to(y.dtype), logderiv
         inside = y.abs() < self.bound
         yc = y.clamp(-self.bound, self.bound)
@@ -258,13 +260,9 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return torch.where(inside, x, y), torch.where(inside, logderiv, 0.0)
 
 
-def _is_half(t: Tensor) -> bool:
-    return t.dtype in (torch.float16, torch.bfloat16)
-
-
 def _widened(t: Tensor) -> Tensor:
-    """``t`` in float32 when it is in a half precision, else as it is."""
-    return t.float() if _is_half(t) else t
+    """``t`` in float32 or wider: itself (the same object) when it already is."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def make_transform(kind: str, **kwargs) -> ElementwiseTransform:
