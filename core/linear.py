@@ -97,9 +97,10 @@ class InvertibleLinear(Bijection):
                  + torch.diag(cast(self.sign) * torch.exp(cast(self.log_diag))))
         return cast(self.perm), lower, upper
 
-    def weight(self) -> Tensor:
-        """The matrix ``W`` (``(D, D)``) of the forward map."""
-        p, lower, upper = self._factors()
+    def weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The matrix ``W`` (``(D, D)``) of the forward map, computed in ``dtype`` (default: the
+        parameters')."""
+        p, lower, upper = self._factors(dtype)
         return p @ lower @ upper
 
     def _inverse_weight_uncached(self) -> Tensor:
@@ -124,8 +125,18 @@ class InvertibleLinear(Bijection):
         ld = self.log_diag.sum().to(torch.promote_types(x.dtype, torch.float32))
         return (sign * positions(x, self.dim) * ld).expand(x.shape[0])
 
+    def _matmul(self, x: Tensor, inverse: bool) -> Tensor:
+        # In float32 (or wider) with autocast off, cast back to x's dtype: under bf16 autocast
+        # the matrix would otherwise be formed and applied in bfloat16, a map whose determinant
+        # differs from the one _logdet claims, and training learns to exploit the difference
+        # (a point flow trained so scored 0.044 nats/point better in bf16 than in float32).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            w = self.inverse_weight().to(dtype) if inverse else self.weight(dtype)
+            return apply_matrix(x.to(dtype), w, self.dim).to(x.dtype)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return apply_matrix(x, self.weight().to(x.dtype), self.dim), self._logdet(x, 1.0)
+        return self._matmul(x, inverse=False), self._logdet(x, 1.0)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return apply_matrix(z, self.inverse_weight().to(z.dtype), self.dim), self._logdet(z, -1.0)
+        return self._matmul(z, inverse=True), self._logdet(z, -1.0)

@@ -472,3 +472,27 @@ def test_compose_fuses_only_runs_of_plain_maf_layers():
     mixed = Compose(a, MaskedAutoregressive(3, (8,), dim=1), b)
     y, _ = mixed(seq)
     assert _chain_nodes(y) == 3
+
+
+@pytest.mark.parametrize("shape,dim", [((64, 128, 3), -1), ((4, 8, 256), 1)])
+def test_invertible_linear_under_bf16_autocast_applies_the_matrix_its_logdet_describes(shape,
+                                                                                        dim):
+    """Autocast would form and apply W in bfloat16, a map of another determinant than the
+    claimed sum(log_diag), which training learns to exploit; the layer computes in float32."""
+    torch.manual_seed(0)
+    layer = InvertibleLinear(shape[dim], dim=dim)
+    with torch.no_grad():
+        for p in (layer.lower, layer.upper, layer.log_diag):
+            p.add_(torch.randn_like(p) * 0.7)
+    x = torch.randn(shape)
+    y32, ld32 = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, ld = layer(x)
+        x_back, ld_inv = layer.inverse(y)
+        yh, _ = layer(x.bfloat16())
+    assert y.dtype == torch.float32 and torch.equal(ld, ld32) and torch.equal(ld_inv, -ld32)
+    torch.testing.assert_close(y, y32, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x_back, x, atol=1e-4, rtol=1e-4)  # bfloat16: about 1e-2
+    # half-precision inputs: one rounding, of the float32 result
+    assert yh.dtype == torch.bfloat16
+    assert torch.equal(yh, layer(x.bfloat16().float())[0].bfloat16())
