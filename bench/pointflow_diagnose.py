@@ -73,11 +73,15 @@ def diagnose(model: PointFlowModel, data: Path, category: str, count: int, seed:
     with torch.no_grad():
         if "samples" in sets:
             clouds["samples"] = _denormalize(model.sample(cid, len(test), 2048, seed=seed), stats)
-        for name, split in (("recon-val", "val"), ("recon-train", "train")):
-            if name in sets:
-                real = val if split == "val" else _clouds(data, split, category, count, seed)
-                mean, _ = model.encode(_normalize(real, stats))
-                clouds[name] = _denormalize(model.decode(mean, 2048, generator=gen), stats)
+
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            mean, _ = model.encode(_normalize(x, stats))
+            return _denormalize(model.decode(mean, 2048, generator=gen), stats)
+
+        if "recon-val" in sets:
+            clouds["recon-val"] = reconstruct(val)
+        if "recon-train" in sets:
+            clouds["recon-train"] = reconstruct(_clouds(data, "train", category, count, seed))
     if "jitter" in sets:
         noise = torch.Generator().manual_seed(seed)
         for sigma in jitter:
