@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowsuite.cli.pointcloud_cmds import _denormalize, _normalize
 from flowsuite.data.shapes import open_shapes
 from flowsuite.pointflow.metrics import evaluate
 from flowsuite.pointflow.model import PointFlowModel
@@ -62,21 +61,20 @@ SETS = ("ideal", "samples", "recon-val", "recon-train", "jitter")
 def diagnose(model: PointFlowModel, data: Path, category: str, count: int, seed: int,
              sets: tuple[str, ...] = SETS, jitter: tuple[float, ...] = ()
              ) -> dict[str, dict]:
-    stats = model.stats
     test = list(_clouds(data, "test", category, count, seed).numpy())
     val = _clouds(data, "val", category, count, seed)
     gen = torch.Generator().manual_seed(seed)
-    cid = model.categories.index(category)
     clouds: dict[str, torch.Tensor] = {}
     if "ideal" in sets:
         clouds["ideal"] = val
     with torch.no_grad():
         if "samples" in sets:
-            clouds["samples"] = _denormalize(model.sample(cid, len(test), 2048, seed=seed), stats)
+            clouds["samples"] = model.denormalize(model.sample(category, len(test), 2048,
+                                                                  seed=seed))
 
         def reconstruct(x: torch.Tensor) -> torch.Tensor:
-            mean, _ = model.encode(_normalize(x, stats))
-            return _denormalize(model.decode(mean, 2048, generator=gen), stats)
+            mean, _ = model.encode(model.normalize(x))
+            return model.denormalize(model.decode(mean, 2048, generator=gen))
 
         if "recon-val" in sets:
             clouds["recon-val"] = reconstruct(val)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowsuite.cli.pointcloud_cmds import _category_id, _generate, _load
+from flowsuite.cli.pointcloud_cmds import _generate, _load
 from flowsuite.data.shapes import open_shapes
 from flowsuite.pointflow.metrics import evaluate
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     t0 = time.time()
-    model, cats, stats = _load(a.model, "cpu")
+    model, cats, _ = _load(a.model, "cpu")
     wanted = a.categories or cats
     real = open_shapes(a.data, a.split, wanted, "none", a.points, seed=a.seed)
     result: dict = {"model": str(a.model or "shipped"), "split": a.split, "count": a.count,
@@ -60,11 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in wanted:
         refs = [real[i]["points"].numpy() for i in range(len(real))
                 if real.category_of(i) == name][:a.count]
-        cid = _category_id(name, cats)
         for lt in a.latent_temperatures:
             for pt in a.point_temperatures:
                 # As `gen eval pointcloud` samples: batches of 16, seed + batch index.
-                gen = _generate(model, cid, len(refs), a.points, a.seed, lt, stats,
+                gen = _generate(model, name, len(refs), a.points, a.seed, lt,
                                 point_temperature=pt).numpy().astype(np.float32)
                 r = evaluate(list(gen), refs, distances=("cd",))
                 row = {"category": name, "latent_temperature": lt, "point_temperature": pt,

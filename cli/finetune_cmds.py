@@ -122,8 +122,8 @@ def _generated_replay(model, ids: list[int], per_category: int, points: int,
 
     # Temperature 1 for the latent and the points: replay the model's own density, whatever
     # default `gen pointcloud` samples at.
-    pool = torch.stack([_generate(model, c, _REPLAY_POOL, 2 * points, seed + 7919 * c, 1.0, None,
-                                  point_temperature=1.0) for c in ids])
+    pool = torch.stack([_generate(model, c, _REPLAY_POOL, 2 * points, seed + 7919 * c, 1.0,
+                                  point_temperature=1.0, data_coordinates=False) for c in ids])
     return _GeneratedReplay(pool, ids, per_category, points)
 
 

@@ -216,21 +216,6 @@ def _load(model_path: Path | None, device: str):
     return model, model.categories, model.stats
 
 
-def _category_id(name: str, cats: list[str]) -> int:
-    if name in cats:
-        return cats.index(name)
-    raise FlowsuiteError(f"the model knows no category {name!r}; it knows {', '.join(cats)}")
-
-
-def _denormalize(points, stats: dict | None):
-    import torch
-
-    if not stats:
-        return points
-    return points * float(stats["std"]) + torch.as_tensor(stats["mean"], dtype=points.dtype,
-                                                          device=points.device)
-
-
 def _point_t(value: float | None) -> float:
     """``--point-temperature``'s value, or the model's default when it was not given."""
     from flowsuite.pointflow.model import DEFAULT_POINT_TEMPERATURE
@@ -247,9 +232,11 @@ _POINT_TEMPERATURE_HELP = ("Scale of each point's base noise (lower: points near
                            "DEFAULT_POINT_TEMPERATURE")
 
 
-def _generate(model, category: int, count: int, points: int, seed: int, temperature: float,
-              stats: dict | None, batch: int = 16, point_temperature: float | None = None):
-    """``(count, points, 3)`` clouds on the CPU, in the data's coordinates."""
+def _generate(model, category: int | str, count: int, points: int, seed: int,
+              temperature: float, batch: int = 16, point_temperature: float | None = None,
+              data_coordinates: bool = True):
+    """``(count, points, 3)`` clouds on the CPU, in the data's coordinates (the model's with
+    ``data_coordinates=False``)."""
     import torch
 
     parts = []
@@ -260,7 +247,8 @@ def _generate(model, category: int, count: int, points: int, seed: int, temperat
             parts.append(model.sample(category, n, points, seed=seed + k,
                                       temperature=temperature,
                                       point_temperature=_point_t(point_temperature)).cpu())
-    return _denormalize(torch.cat(parts), stats)
+    clouds = torch.cat(parts)
+    return model.denormalize(clouds) if data_coordinates else clouds
 
 
 # ---- gen pointcloud ---------------------------------------------------------------------------
@@ -334,14 +322,13 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     )
 
     clouds_in = [read_cloud(p, points=points, seed=seed) for p in inputs]
-    model, cats, stats = _load(model_path, device)
+    model, _, _ = _load(model_path, device)
     if category is not None:
-        clouds = _generate(model, _category_id(category, cats), count, points, seed,
-                           temperature, stats, point_temperature=point_temperature)
+        clouds = _generate(model, category, count, points, seed,
+                           temperature, point_temperature=point_temperature)
         label = category
     else:
-        clouds = _encode_and_decode(model, clouds_in, stats, points, steps, seed,
-                                    point_temperature)
+        clouds = _encode_and_decode(model, clouds_in, points, steps, seed, point_temperature)
         label = "resampled" if from_path is not None else "interpolation"
     for p, c in zip(paths, clouds, strict=True):
         write_ply(c, p, force=force)
@@ -358,24 +345,14 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
         click.echo(f"wrote {preview}")
 
 
-def _normalize(points, stats: dict | None):
-    """The inverse of ``_denormalize``: data coordinates to the model's."""
-    import torch
-
-    if not stats:
-        return points
-    mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
-    return (points - mean) / float(stats["std"])
-
-
-def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, steps: int,
-                       seed: int, point_temperature: float | None = None):
+def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
+                       point_temperature: float | None = None):
     """One cloud: its reconstruction with ``points`` points; two: ``steps`` shapes between them.
     Inputs and outputs are in the data's coordinates, ``(K, points, 3)`` on the CPU."""
     import torch
 
     device = next(model.parameters()).device
-    xs = [_normalize(c.to(device), stats) for c in clouds]
+    xs = [model.normalize(c.to(device)) for c in clouds]
     with torch.no_grad():
         if len(xs) == 1:
             out = model.reconstruct(xs[0], n_points=points, seed=seed,
@@ -383,7 +360,7 @@ def _encode_and_decode(model, clouds: list, stats: dict | None, points: int, ste
         else:
             out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed,
                                     point_temperature=_point_t(point_temperature))
-    return _denormalize(out.cpu(), stats)
+    return model.denormalize(out.cpu())
 
 
 # ---- gen eval pointcloud ----------------------------------------------------------------------
@@ -425,10 +402,9 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
     if json_out is not None:
         check_writable(json_out, force)
     _point_t(point_temperature)
-    model, cats, stats = _load(model_path, device)
+    model, cats, _ = _load(model_path, device)
     wanted = [category] if category else cats
-    for c in wanted:
-        _category_id(c, cats)
+    model.category_ids(wanted)
     test = open_shapes(data_dir, "test", wanted, "none", points, seed=seed)
     from tqdm import tqdm
 
@@ -437,8 +413,7 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
                      disable=None):
         refs = [test[i]["points"].numpy() for i in range(len(test)) if test.category_of(i) == name]
         n = count or len(refs)
-        gen = _generate(model, _category_id(name, cats), n, points, seed, 1.0, stats,
-                        point_temperature=point_temperature)
+        gen = _generate(model, name, n, points, seed, 1.0, point_temperature=point_temperature)
         results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
                                  normalization=normalization, emd_method=emd_method)
         results[name]["point_temperature"] = _point_t(point_temperature)

@@ -39,6 +39,9 @@ _LOG_2PI_E = math.log(2 * math.pi) + 1.0
 # 0.9 gains under a point of 1-NNA-CD but loses 5 of 1-NNA-EMD, as the points leave thin parts.
 DEFAULT_POINT_TEMPERATURE = 1.0
 
+# A category: its id, its name in ``model.categories``, or one id or name per shape.
+Category = int | str | Tensor | Sequence[int] | Sequence[str]
+
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
@@ -203,6 +206,38 @@ class PointFlowModel(nn.Module):
         self.config["num_categories"] = self.num_categories
         return list(range(first, self.num_categories))
 
+    # ---- names and coordinates of a trained model ---------------------------------------------
+
+    def category_ids(self, names: str | Sequence[str]) -> int | list[int]:
+        """The id of a category name (or the ids of a list of names) in ``self.categories``;
+        an unknown name raises ``FlowsuiteError`` listing the known ones."""
+        known = list(getattr(self, "categories", None) or
+                     [str(i) for i in range(self.num_categories)])
+        for name in [names] if isinstance(names, str) else names:
+            if name not in known:
+                raise FlowsuiteError(f"the model knows no category {name!r}; it knows "
+                                     f"{', '.join(known)}")
+        return known.index(names) if isinstance(names, str) else [known.index(n) for n in names]
+
+    def denormalize(self, points: Tensor) -> Tensor:
+        """The model's coordinates (what ``sample``, ``reconstruct`` and ``interpolate`` give)
+        to the data's: ``points * std + mean`` with ``self.stats``; unchanged without stats."""
+        stats = getattr(self, "stats", None)
+        if not stats:
+            return points
+        mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
+        return points * float(stats["std"]) + mean
+
+    def normalize(self, points: Tensor | Any) -> Tensor:
+        """The inverse of :meth:`denormalize`: a cloud in the data's coordinates (say, read from
+        a file) to the model's, as ``encode``, ``reconstruct`` and ``log_prob`` take it."""
+        points = points if isinstance(points, Tensor) else torch.as_tensor(points)
+        stats = getattr(self, "stats", None)
+        if not stats:
+            return points
+        mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
+        return (points - mean) / float(stats["std"])
+
     # ---- checks of user inputs ---------------------------------------------------------------
 
     def _points(self, points: Tensor | Any, name: str = "points") -> Tensor:
@@ -223,8 +258,11 @@ class PointFlowModel(nn.Module):
                                  "first")
         return points.to(self.device, self.category_embedding.weight.dtype)
 
-    def _categories(self, category: int | Tensor | Sequence[int], count: int) -> Tensor:
-        """Validates category ids; returns a ``(count,)`` long tensor."""
+    def _categories(self, category: Category, count: int) -> Tensor:
+        """Validates category ids or names; returns a ``(count,)`` long tensor."""
+        if isinstance(category, str) or (isinstance(category, Sequence) and len(category) > 0
+                                         and all(isinstance(n, str) for n in category)):
+            category = self.category_ids(category)
         c = torch.as_tensor(category, device=self.device)
         if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
             raise FlowsuiteError(f"category ids must be integers, got dtype {c.dtype}")
@@ -315,7 +353,7 @@ class PointFlowModel(nn.Module):
         }
 
     @torch.no_grad()
-    def log_prob(self, points: Tensor, category: int | Tensor | Sequence[int], samples: int = 1,
+    def log_prob(self, points: Tensor, category: Category, samples: int = 1,
                  seed: int | None = None) -> Tensor:
         """The ELBO, a lower bound of ``log p(X | c)``, in nats per shape (summed over points),
         estimated with ``samples`` draws of ``z`` from the posterior (noise level 0).
@@ -351,7 +389,7 @@ class PointFlowModel(nn.Module):
     # ---- sampling ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_latent(self, category: int | Tensor | Sequence[int], count: int = 1,
+    def sample_latent(self, category: Category, count: int = 1,
                       temperature: float = 1.0, generator: torch.Generator | None = None
                       ) -> Tensor:
         """Shape latents from the category prior: ``(count, D)``; ``temperature`` scales the
@@ -389,11 +427,13 @@ class PointFlowModel(nn.Module):
         return x
 
     @torch.no_grad()
-    def sample(self, category: int | Tensor | Sequence[int], count: int = 1, points: int = 2048,
+    def sample(self, category: Category, count: int = 1, points: int = 2048,
                seed: int | None = None, temperature: float = 1.0,
                point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
-        """Generates ``count`` shapes of ``category`` (one id, or one per shape) with ``points``
-        points each: ``(count, points, 3)``. The same seed gives the same clouds."""
+        """Generates ``count`` shapes of ``category`` (an id or a name of ``model.categories``,
+        or one per shape) with ``points`` points each: ``(count, points, 3)`` in the model's
+        coordinates (:meth:`denormalize` gives the data's). The same seed gives the same
+        clouds."""
         gen = _generator(seed, self.device)
         z = self.sample_latent(category, count, temperature, gen)
         return self.decode(z, points, point_temperature, gen)

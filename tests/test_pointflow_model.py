@@ -169,6 +169,27 @@ def test_sampling_sizes_and_seeds():
     assert torch.allclose(cold[0], cold[1]) and torch.allclose(cold[0], cold[0, :1].expand(50, 3))
 
 
+def test_categories_by_name_and_the_data_coordinates():
+    model = PointFlowModel(3, **TINY).eval()
+    _randomize(model)
+    model.categories, model.stats = ["chair", "lamp", "table"], {"mean": [0.1, -0.2, 0.3],
+                                                                 "std": 0.5}
+    a = model.sample("table", count=2, points=20, seed=3)
+    assert torch.equal(a, model.sample(2, count=2, points=20, seed=3))
+    assert torch.equal(model.sample(["lamp", "chair"], count=2, points=20, seed=3),
+                       model.sample([1, 0], count=2, points=20, seed=3))
+    assert model.category_ids(["table", "chair"]) == [2, 0]
+    cloud = a[0]
+    assert torch.allclose(model.log_prob(cloud, "table", seed=0), model.log_prob(cloud, 2, seed=0))
+    data = model.denormalize(a)
+    assert torch.allclose(data, a * 0.5 + torch.tensor([0.1, -0.2, 0.3]))
+    assert torch.allclose(model.normalize(data), a, atol=1e-6)
+    with pytest.raises(FlowsuiteError, match="knows no category 'sofa'; it knows chair, lamp"):
+        model.sample("sofa", count=1, points=10)
+    plain = PointFlowModel(2, **TINY)  # no names, no stats: ids as names, coordinates as they are
+    assert plain.category_ids("1") == 1 and torch.equal(plain.denormalize(a), a)
+
+
 def test_reconstruct_and_interpolate_shapes():
     model = PointFlowModel(1, **TINY).eval()
     cloud = torch.randn(60, 3)
