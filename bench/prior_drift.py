@@ -10,10 +10,12 @@ script measures that **band contrast** (the mean over frames and neighbouring ba
   drift away from the truth is visible as it happens;
 * ``unprimed``: free-running clips from the start vector, per 5 s window up to ``--seconds``;
 
-at each ``--temperatures``, with the mean log-mel level and the share of values below -7 (dark)
-beside it. A prior whose teacher-forced steps keep the truth's contrast but whose free-running
-steps lose it within a second or two suffers from exposure bias (it never read its own samples
-in training), which ``MelPrior(self_feed=...)`` (``gen train prior --self-feed``) addresses.
+at each ``--temperatures``, with the curvature across bands, the log-mel level (mean and
+10/50/90% quantiles) and the share of values below -7 (dark) beside it. A prior whose
+teacher-forced steps keep the truth's contrast but whose free-running steps lose it within a
+second or two suffers from exposure bias (it never read its own samples in training), which
+``gen train prior --self-feed``, ``--rollout`` and ``--context-smear`` address
+(BENCHMARKS.md, "Why the notes smear").
 
     OMP_NUM_THREADS=1 python bench/prior_drift.py --model data/models/mel-prior.safetensors \\
         --model /work/runs/prior-c4k --out bench/results/prior_drift.json
@@ -44,8 +46,16 @@ def band_contrast(mel: torch.Tensor) -> torch.Tensor:
 
 
 def level(mel: torch.Tensor) -> dict[str, float]:
+    """Band contrast; curvature, the mean ``|mel[b + 1] - 2 mel[b] + mel[b - 1]|`` (narrow
+    partials curve sharply, a ripple across bands too); the level's mean and 10/50/90%
+    quantiles (a raised floor between partials lifts q10 and the median); the share of values
+    below -7 nats."""
+    q = torch.quantile(mel.flatten()[::7].float(), torch.tensor([0.1, 0.5, 0.9]))
     return {"contrast": round(float(band_contrast(mel).mean()), 4),
+            "curvature": round(float((mel[:, 2:] - 2 * mel[:, 1:-1] + mel[:, :-2]).abs().mean()),
+                               4),
             "mean": round(float(mel.mean()), 3),
+            "q10_q50_q90": [round(float(v), 3) for v in q],
             "dark": round(float((mel < -7).float().mean()), 4)}
 
 
