@@ -90,6 +90,11 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="Scheduled sampling: this share of the past steps the prior reads in "
                    "training is its own sample of the step instead of the true one (default: "
                    "the preset's 0, or --init's).")
+@click.option("--context-smear", type=click.FloatRange(0.0, 1.0), default=None,
+              help="In training, blend the past the prior reads with its 3-band average "
+                   "(each frame's peak level kept) by a share up to this, per sequence, so it "
+                   "learns to restore the partials a free-running prior blurs (default: the "
+                   "preset's 0, or --init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
@@ -102,7 +107,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                     segment_frames: int, lr: float, device: str, seed: int, mixture: int | None,
                     flows: int | None, spline_bins: int | None, carry: bool | None,
                     rollout: int | None, rollout_share: float | None,
-                    self_feed: float | None, init_path: Path | None,
+                    self_feed: float | None, context_smear: float | None,
+                    init_path: Path | None,
                     resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
@@ -138,7 +144,7 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
     torch.manual_seed(seed)
     given = {"mixture": mixture, "n_flows": flows, "self_feed": self_feed,
              "spline_bins": spline_bins, "carry": carry, "rollout": rollout,
-             "rollout_share": rollout_share}
+             "rollout_share": rollout_share, "context_smear": context_smear}
     extra = {k: v for k, v in given.items() if v is not None}
     try:
         if saved is not None:

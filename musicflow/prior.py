@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowsuite.core import MLP, Affine, Bijection, Compose, Flow, StandardNormal, nsf, realnvp
@@ -50,6 +51,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 MAX_SECONDS = 600.0
+
+# Neighbouring mel bands averaged by `context_smear` (a 3-band average takes the band contrast
+# of held-out music to about what a free-running prior keeps; BENCHMARKS.md).
+SMEAR_BANDS = 3
 
 # The sampling temperature of `gen music`, `gen eval music` and the API (bench/prior_onsets.py,
 # BENCHMARKS.md "Why the prior drones"): the mixture prior is closer to held-out music at 0.9
@@ -150,6 +155,15 @@ class MelPrior(Configurable, nn.Module):
             needs ``rnn_layers=1``. 0 (the default) trains teacher-forced.
         rollout_share: the share of each batch's sequences trained on rollouts (drawn anew per
             batch); the others stay teacher-forced.
+        context_smear: in training only, the past the GRU reads is smeared across mel bands,
+            as a free-running prior blurs its own samples: each frame's 3-band moving average,
+            shifted so that its largest value equals the frame's own (the blur fills the valleys
+            between partials but leaves the loudest band's level), is blended into the frame by
+            a share drawn per sequence from ``[0, context_smear]``. The true next step still
+            follows from a smeared past, so the prior learns to restore the partials rather
+            than to copy the blur; keeping the peak tells it the level is unchanged (a plain
+            blur also lowers the peaks, and a prior trained on it brightens as it runs).
+            0 (the default) leaves the past as it is.
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -172,7 +186,7 @@ class MelPrior(Configurable, nn.Module):
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
                  spline_bins: int = 0, carry: bool = False, rollout: int = 0,
-                 rollout_share: float = 1.0):
+                 rollout_share: float = 1.0, context_smear: float = 0.0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -194,6 +208,10 @@ class MelPrior(Configurable, nn.Module):
         if not 0.0 <= rollout_share <= 1.0:
             raise ValueError(f"rollout_share must be between 0 and 1, not {rollout_share}")
         self.rollout_share = float(rollout_share)
+        if not 0.0 <= context_smear <= 1.0:
+            raise ValueError(f"context_smear must be a share between 0 and 1, not "
+                             f"{context_smear}")
+        self.context_smear = float(context_smear)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         if spline_bins < 0:
@@ -353,7 +371,7 @@ class MelPrior(Configurable, nn.Module):
         past = steps[:, :-1]
         if self.training and self.self_feed > 0 and t > 1 and self._flow_ready():
             past = self._self_fed(steps, style)
-        read = self._as_read(past) if self.training else past
+        read = self._smeared(self._as_read(past)) if self.training else past
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), read], dim=1)
         out, _ = self.rnn(inputs)
         prev = self._previous(past)
@@ -391,6 +409,20 @@ class MelPrior(Configurable, nn.Module):
             return steps
         return steps + self.context_noise * torch.randn(steps.shape, generator=generator,
                                                         device=steps.device, dtype=steps.dtype)
+
+    def _smeared(self, steps: Tensor) -> Tensor:
+        """Steps ``(B, T, D)`` blended, per sequence, by a share drawn from ``[0,
+        context_smear]``, with each frame's moving average over ``SMEAR_BANDS`` neighbouring
+        mel bands (edge bands repeated), shifted so that its maximum is the frame's own."""
+        if self.context_smear <= 0 or steps.shape[1] == 0:
+            return steps
+        b, t, d = steps.shape
+        frames = steps.reshape(-1, 1, self.n_mel)
+        pad = SMEAR_BANDS // 2
+        blurred = F.avg_pool1d(F.pad(frames, (pad, pad), mode="replicate"), SMEAR_BANDS, stride=1)
+        blurred = blurred + (frames.amax(-1, keepdim=True) - blurred.amax(-1, keepdim=True))
+        share = torch.rand(b, 1, 1, device=steps.device, dtype=steps.dtype) * self.context_smear
+        return torch.lerp(steps, blurred.view(b, t, d), share)
 
     def _flow_ready(self) -> bool:
         """Whether every ActNorm of the step flow has been initialised (a fresh model's first

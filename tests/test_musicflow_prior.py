@@ -364,6 +364,13 @@ def test_train_prior_from_a_trained_prior_with_a_mixture(models, music_set, tmp_
     _fails(_invoke(*args, "--out", tmp_path / "ro3", "--init", fed_run, "--rollout", 2),
            "rollout", "self_feed")
     assert not (tmp_path / "ro3").exists()
+    r = _invoke(*args, "--out", tmp_path / "sm", "--init", run, "--context-smear", 0.5)
+    assert r.exit_code == 0, r.output
+    smeared = load_model(tmp_path / "sm" / "model.safetensors", expected="mel-prior")
+    assert smeared.config["context_smear"] == 0.5
+    r = _invoke(*args, "--out", tmp_path / "sm2", "--context-smear", 2)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "'--context-smear'" in r.output
+    assert not (tmp_path / "sm2").exists()
     r = _invoke(*args, "--out", tmp_path / "sf2", "--self-feed", 1.5)
     assert r.exit_code == 2 and "Traceback" not in r.output and "'--self-feed'" in r.output
     assert not (tmp_path / "sf2").exists()
@@ -627,6 +634,54 @@ def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, mo
         assert torch.equal(fed.sample(8, seed=2), plain.sample(8, seed=2))
     with pytest.raises(ValueError, match="self_feed"):
         _tiny(self_feed=1.5)
+
+
+def test_context_smear_blends_the_past_with_its_band_average_in_training_only():
+    """``context_smear``: in training the GRU reads each sequence's past blended, by a share
+    drawn from ``[0, context_smear]``, with each frame's 3-band moving average (edge bands
+    repeated) shifted so that its maximum is the frame's own; the likelihood is still of the
+    true steps, and evaluation and sampling are those of the same weights without it."""
+    plain = _off_identity(_tiny(styles=["a"], mixture=3), 0.1)
+    smeared = MelPrior(**{**plain.config, "context_smear": 0.8})
+    smeared.load_state_dict(plain.state_dict())
+    assert smeared.config["context_smear"] == 0.8
+    steps = torch.randn(3, 4, smeared.features)
+    torch.manual_seed(7)
+    share = torch.rand(3, 1, 1) * 0.8
+    bands = steps.view(3, 4, smeared.block, 8)
+    padded = torch.cat([bands[..., :1], bands, bands[..., -1:]], dim=-1)
+    average = (padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]) / 3
+    average = average + bands.max(-1, keepdim=True).values - average.max(-1, keepdim=True).values
+    want = steps + share * (average.reshape(3, 4, -1) - steps)
+    torch.manual_seed(7)
+    assert torch.allclose(smeared._smeared(steps), want, atol=1e-6)
+    assert torch.equal(plain._smeared(steps), steps)  # 0: the past as it is
+    # one spike of 3 in band 1 of 8: the average spreads it evenly over bands 0-2 (band 0 reads
+    # itself twice at the edge), 1 each, and the shift lifts the frame by 2 to keep the peak
+    one = MelPrior(**{**plain.config, "context_smear": 1.0})
+    flat = torch.zeros(1, 1, one.features)
+    flat[0, 0, 1] = 3.0
+    torch.manual_seed(0)
+    share_one = float(torch.rand(1))
+    torch.manual_seed(0)
+    got = one._smeared(flat)[0, 0, :8]
+    assert torch.allclose(got, share_one * torch.tensor([3.0, 3, 3, 2, 2, 2, 2, 2]) +
+                          (1 - share_one) * torch.tensor([0.0, 3, 0, 0, 0, 0, 0, 0]), atol=1e-6)
+
+    mel = torch.randn(3, 8, 10)
+    smeared.train(), plain.train()
+    torch.manual_seed(3)
+    loss = smeared(mel)["loss"]
+    loss.backward()
+    assert smeared.rnn.weight_ih_l0.grad is not None
+    torch.manual_seed(3)
+    assert not torch.allclose(loss.detach(), plain(mel)["loss"])
+    smeared.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(smeared.log_prob(mel), plain.log_prob(mel))
+        assert torch.equal(smeared.sample(8, seed=2), plain.sample(8, seed=2))
+    with pytest.raises(ValueError, match="context_smear"):
+        _tiny(context_smear=1.5)
 
 
 @pytest.mark.parametrize("carry", [False, True])
