@@ -574,6 +574,15 @@ def test_context_noise_is_seeded_and_samples_stay_above_the_log_floor():
         MelPrior(n_mel=8, context_noise=-1.0)
 
 
+def _evaluates_and_samples_as(model: MelPrior, plain: MelPrior, mel: torch.Tensor) -> None:
+    """A training-only option: in eval mode ``model`` scores and samples exactly as ``plain``,
+    the same weights without it."""
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(mel), plain.log_prob(mel))
+        assert torch.equal(model.sample(8, seed=2), plain.sample(8, seed=2))
+
+
 @pytest.mark.parametrize("mixture", [0, 3])
 def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, monkeypatch):
     """Scheduled sampling: with ``self_feed=1`` every past step the GRU reads in training is
@@ -628,10 +637,7 @@ def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, mo
     a = fed(mel)["loss"]
     torch.manual_seed(4)
     assert torch.equal(a, fed(mel)["loss"])
-    fed.eval(), plain.eval()
-    with torch.no_grad():
-        assert torch.equal(fed.log_prob(mel), plain.log_prob(mel))
-        assert torch.equal(fed.sample(8, seed=2), plain.sample(8, seed=2))
+    _evaluates_and_samples_as(fed, plain, mel)
     with pytest.raises(ValueError, match="self_feed"):
         _tiny(self_feed=1.5)
 
@@ -676,10 +682,7 @@ def test_context_smear_blends_the_past_with_its_band_average_in_training_only():
     assert smeared.rnn.weight_ih_l0.grad is not None
     torch.manual_seed(3)
     assert not torch.allclose(loss.detach(), plain(mel)["loss"])
-    smeared.eval(), plain.eval()
-    with torch.no_grad():
-        assert torch.equal(smeared.log_prob(mel), plain.log_prob(mel))
-        assert torch.equal(smeared.sample(8, seed=2), plain.sample(8, seed=2))
+    _evaluates_and_samples_as(smeared, plain, mel)
     with pytest.raises(ValueError, match="context_smear"):
         _tiny(context_smear=1.5)
 
