@@ -260,10 +260,16 @@ class PointFlowModel(nn.Module):
 
     def _categories(self, category: Category, count: int) -> Tensor:
         """Validates category ids or names; returns a ``(count,)`` long tensor."""
-        if isinstance(category, str) or (isinstance(category, Sequence) and len(category) > 0
+        if isinstance(category, Sequence) and not isinstance(category, str) and not category:
+            raise FlowsuiteError("no category given: give an id or name, or one per shape")
+        if isinstance(category, str) or (isinstance(category, Sequence)
                                          and all(isinstance(n, str) for n in category)):
             category = self.category_ids(category)
-        c = torch.as_tensor(category, device=self.device)
+        try:
+            c = torch.as_tensor(category, device=self.device)
+        except (TypeError, ValueError):
+            raise FlowsuiteError(f"a category is an id, a name, or a list of ids or of names; "
+                                 f"got {category!r}") from None
         if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
             raise FlowsuiteError(f"category ids must be integers, got dtype {c.dtype}")
         c = c.long().reshape(-1)

@@ -209,6 +209,8 @@ def test_reconstruct_and_interpolate_shapes():
     lambda m: m.sample(0, count=1, points=10, temperature=-1.0),
     lambda m: m.sample(0, count=1, points=10, temperature=math.nan),
     lambda m: m.sample([0, 1, 0], count=2, points=10),
+    lambda m: m.sample([], count=1, points=10),
+    lambda m: m.sample(["0", 1], count=2, points=10),
     lambda m: m.reconstruct(torch.randn(10, 2)),
     lambda m: m.reconstruct(torch.zeros(0, 3)),
     lambda m: m.reconstruct(torch.tensor([[0.0, math.nan, 0.0]])),
