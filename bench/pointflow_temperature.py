@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     t0 = time.time()
-    model, cats, _ = _load(a.model, "cpu")
-    wanted = a.categories or cats
+    model = _load(a.model, "cpu")
+    wanted = a.categories or model.categories
     real = open_shapes(a.data, a.split, wanted, "none", a.points, seed=a.seed)
     result: dict = {"model": str(a.model or "shipped"), "split": a.split, "count": a.count,
                     "points": a.points, "seed": a.seed,

@@ -217,8 +217,9 @@ def finetune_pointcloud(from_path: Path | None, data_dir: Path, out: Path,
     dev = resolve_device(device)
     record = _check_run_folder(out, resume)
     source = _source(from_path, "pointflow")
-    model, old_cats, old_stats = _load(source, dev)
-    frame = old_stats or _IDENTITY
+    model = _load(source, dev)
+    old_cats = model.categories
+    frame = model.stats or _IDENTITY
     if record is not None and record.get("units") != units:
         raise FlowsuiteError(f"{out} was fine-tuned with --units {record.get('units')}; resume "
                              "it with the same --units")

@@ -123,9 +123,10 @@ def train_pointcloud(data_dir: Path, out: Path, categories: str | None, steps: i
         if latent_dim is not None or preset != "default":
             raise FlowsuiteError("--init takes the model's size from the trained model; leave "
                                  "out --preset and --latent-dim")
-        source, known, stats = _load(init_path, dev)
+        source = _load(init_path, dev)
+        known = source.categories
         train_set, val_set = open_sets(data_dir, category_list(categories) or known,
-                                       points_per_shape, seed, stats=stats)
+                                       points_per_shape, seed, stats=source.stats)
         if train_set.categories != known:
             raise FlowsuiteError(f"{init_path} was trained on {', '.join(known)}, the data has "
                                  f"{', '.join(train_set.categories)}; --init needs the same "
@@ -205,15 +206,15 @@ def finish_model(out: Path, categories: list[str], stats: dict | None,
 # ---- loading a trained model ------------------------------------------------------------------
 
 def _load(model_path: Path | None, device: str):
-    """The model, its category names and its normalisation stats (or None); the shipped model
-    when ``model_path`` is None."""
+    """The trained model (its category names in ``model.categories``, its normalisation in
+    ``model.stats``); the shipped model when ``model_path`` is None."""
     from flowsuite.pointflow.model import PointFlowModel
 
     model = PointFlowModel.from_pretrained(model_path, map_location=resolve_device(device))
     if model.stats is None:
         click.echo(f"note: {model_path or 'the model'} stores no normalisation statistics; the "
                    "clouds stay in the model's normalised coordinates", err=True)
-    return model, model.categories, model.stats
+    return model
 
 
 def _point_t(value: float | None) -> float:
@@ -322,7 +323,7 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     )
 
     clouds_in = [read_cloud(p, points=points, seed=seed) for p in inputs]
-    model, _, _ = _load(model_path, device)
+    model = _load(model_path, device)
     if category is not None:
         clouds = _generate(model, category, count, points, seed,
                            temperature, point_temperature=point_temperature)
@@ -351,8 +352,7 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
     Inputs and outputs are in the data's coordinates, ``(K, points, 3)`` on the CPU."""
     import torch
 
-    device = next(model.parameters()).device
-    xs = [model.normalize(c.to(device)) for c in clouds]
+    xs = [model.normalize(c.to(model.device)) for c in clouds]
     with torch.no_grad():
         if len(xs) == 1:
             out = model.reconstruct(xs[0], n_points=points, seed=seed,
@@ -402,8 +402,8 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
     if json_out is not None:
         check_writable(json_out, force)
     _point_t(point_temperature)
-    model, cats, _ = _load(model_path, device)
-    wanted = [category] if category else cats
+    model = _load(model_path, device)
+    wanted = [category] if category else model.categories
     model.category_ids(wanted)
     test = open_shapes(data_dir, "test", wanted, "none", points, seed=seed)
     from tqdm import tqdm

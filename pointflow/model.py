@@ -213,30 +213,34 @@ class PointFlowModel(nn.Module):
         an unknown name raises ``FlowsuiteError`` listing the known ones."""
         known = list(getattr(self, "categories", None) or
                      [str(i) for i in range(self.num_categories)])
+        ids = []
         for name in [names] if isinstance(names, str) else names:
             if name not in known:
                 raise FlowsuiteError(f"the model knows no category {name!r}; it knows "
                                      f"{', '.join(known)}")
-        return known.index(names) if isinstance(names, str) else [known.index(n) for n in names]
+            ids.append(known.index(name))
+        return ids[0] if isinstance(names, str) else ids
+
+    def _frame(self, points: Tensor) -> tuple[Tensor, float] | None:
+        """``self.stats`` as ``(mean, std)`` in ``points``' dtype and device (``None``: none)."""
+        stats = getattr(self, "stats", None)
+        if not stats:
+            return None
+        return (torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device),
+                float(stats["std"]))
 
     def denormalize(self, points: Tensor) -> Tensor:
         """The model's coordinates (what ``sample``, ``reconstruct`` and ``interpolate`` give)
         to the data's: ``points * std + mean`` with ``self.stats``; unchanged without stats."""
-        stats = getattr(self, "stats", None)
-        if not stats:
-            return points
-        mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
-        return points * float(stats["std"]) + mean
+        frame = self._frame(points)
+        return points if frame is None else points * frame[1] + frame[0]
 
     def normalize(self, points: Tensor | Any) -> Tensor:
         """The inverse of :meth:`denormalize`: a cloud in the data's coordinates (say, read from
         a file) to the model's, as ``encode``, ``reconstruct`` and ``log_prob`` take it."""
         points = points if isinstance(points, Tensor) else torch.as_tensor(points)
-        stats = getattr(self, "stats", None)
-        if not stats:
-            return points
-        mean = torch.as_tensor(stats["mean"], dtype=points.dtype, device=points.device)
-        return (points - mean) / float(stats["std"])
+        frame = self._frame(points)
+        return points if frame is None else (points - frame[0]) / frame[1]
 
     # ---- checks of user inputs ---------------------------------------------------------------
 
