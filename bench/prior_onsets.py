@@ -3,8 +3,9 @@
 For each prior (a run folder or a model file) and temperature it generates ``--count`` clips of
 ``--seconds`` (Griffin-Lim, seeds 0..count-1, random styles, as ``gen eval music`` does) and
 reports ``gen eval music``'s distances to held-out clips of the test split (mel_fd, chroma_fd,
-rhythm) and the onset rate (librosa onsets per second, the first rhythm statistic) of the
-generated clips beside that of
+rhythm, tonality), the mean key stability (``musicflow.metrics.key_stability``) of the
+generated and the held-out clips, and the onset rate (librosa onsets per second, the first rhythm
+statistic) of the generated clips beside that of
 
 * the held-out clips themselves, and
 * the same held-out clips resynthesised by Griffin-Lim from their mels (what the vocoder keeps
@@ -190,6 +191,7 @@ def main() -> None:
                 clip_statistics(resyn, rate, front))
             result["ideal"] = music_distances(clip_statistics(held[1::2], rate, front),
                                               ref_stats)
+            result["held_out_key_stability"] = summary(ref_stats["tonality"][:, 0].tolist())
         row: dict = {}
         panels = [("held-out (test split)", ref_mels[0])]
         for temp in a.temperatures:
@@ -201,7 +203,8 @@ def main() -> None:
             stats = clip_statistics(clips, rate, front)
             row[str(temp)] = {**music_distances(stats, ref_stats),
                               "onset_rate": onset_rate(stats),
-                              "mel_onset_rate": summary([mel_onsets(m, fps) for m in mels])}
+                              "mel_onset_rate": summary([mel_onsets(m, fps) for m in mels]),
+                              "key_stability": summary(stats["tonality"][:, 0].tolist())}
             panels.append((f"{path.name} T={temp:g} seed 0", mels[0]))
             print(path, temp, row[str(temp)], flush=True)
         if a.diagnose:

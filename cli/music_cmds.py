@@ -323,18 +323,23 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     clips["shaped_noise"] = shaped_noise(ref, n, samples, front, seed)
     clips["ideal"] = other
     ref_stats = clip_statistics(ref, rate, front)
-    metrics = {k: music_distances(clip_statistics(v, rate, front), ref_stats)
-               for k, v in clips.items()}
+    stats = {k: clip_statistics(v, rate, front) for k, v in clips.items()}
+    metrics = {k: music_distances(v, ref_stats) for k, v in stats.items()}
+    keys = {"held_out": float(ref_stats["tonality"].mean()),
+            **{k: float(v["tonality"].mean()) for k, v in stats.items()}}
     result = {"model": str(model_path or "shipped mel-prior"),
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
-              "metrics": metrics}
+              "metrics": metrics, "key_stability": keys}
     click.echo(f"{n} clips of {seconds:g} s against {n} held-out clips (lower is closer)")
     names = list(metrics)
     click.echo(f"{'metric':<12}" + "".join(f"{k:>14}" for k in names))
-    for m in ("mel_fd", "chroma_fd", "rhythm"):
+    for m in ("mel_fd", "chroma_fd", "rhythm", "tonality"):
         click.echo(f"{m:<12}" + "".join(f"{metrics[k][m]:>14.4f}" for k in names))
+    click.echo("key stability, the mean per clip (1: the same pitch classes throughout, 0: "
+               "unrelated from one second to another two or more seconds on): "
+               + ", ".join(f"{k} {v:.3f}" for k, v in keys.items()))
     if json_path is not None:
         with atomic_path(json_path, force=force) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -7,10 +7,10 @@
   excluded, with the usual constant ``10 * sqrt(2) / ln 10``.
 
 And distances between distributions of music clips (generated against held-out):
-:func:`clip_statistics`, :func:`music_distances`, :func:`frechet_distance`, and the
-shaped-noise baseline :func:`shaped_noise`.
+:func:`clip_statistics`, :func:`music_distances`, :func:`frechet_distance`, :func:`key_stability`
+(whether a clip keeps its key), and the shaped-noise baseline :func:`shaped_noise`.
 
-Every function returns 0 for identical inputs and a positive number otherwise.
+Every distance returns 0 for identical inputs and a positive number otherwise.
 """
 
 from __future__ import annotations
@@ -117,6 +117,51 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 RHYTHM_FEATURES = ("onset_rate", "onset_strength_mean", "onset_strength_cv", "pulse_clarity")
 
+# Key stability (:func:`key_stability`): chroma summed over windows of this many seconds, and
+# compared between windows at least KEY_MIN_LAG seconds apart.
+KEY_WINDOW = 1.0
+KEY_MIN_LAG = 2.0
+CHROMA_FFT = 2048
+
+
+def key_stability(x: np.ndarray, sample_rate: int, window: float = KEY_WINDOW,
+                  min_lag: float = KEY_MIN_LAG, hop: int = 512,
+                  spec: np.ndarray | None = None) -> float:
+    """How much a clip stays in one key: the mean Pearson correlation, over the 12 pitch
+    classes, between the chroma of ``window``-second stretches at least ``min_lag`` seconds
+    apart. Tonal music that keeps its key scores well above 0 (its chords change, their pitch
+    classes mostly do not); music that wanders from key to key, or white noise, scores near 0
+    (noise shaped to a tonal spectrum keeps that spectrum's pitch classes, and scores as
+    stable as its source: the statistic says whether the key holds, not whether it is music).
+    Silent
+    windows are left out; a clip with fewer than two windows that far apart scores 0.
+    ``spec``: the STFT magnitudes of ``x`` if already computed (n_fft :data:`CHROMA_FFT`,
+    this ``hop``)."""
+    import librosa
+
+    if spec is None:
+        spec = np.abs(librosa.stft(np.asarray(x, np.float32), n_fft=CHROMA_FFT, hop_length=hop))
+    power = spec ** 2
+    tuning = librosa.estimate_tuning(S=power, sr=sample_rate, n_fft=CHROMA_FFT)
+    # The chroma filters do not weigh the 12 classes alike (up to 10% apart on white noise);
+    # dividing by their sums keeps that fixed pattern from reading as a key that never changes.
+    filters = librosa.filters.chroma(sr=sample_rate, n_fft=CHROMA_FFT, tuning=tuning)
+    chroma = (filters @ power) / filters.sum(1)[:, None]
+    f = max(1, int(round(window * sample_rate / hop)))
+    energy = spec.sum(0)
+    rows, starts = [], []
+    for i in range(0, chroma.shape[1] - f + 1, f):
+        w = chroma[:, i:i + f].sum(1)
+        w = w - w.mean()
+        norm = float(np.linalg.norm(w))
+        if energy[i:i + f].max() > 0 and norm > 0:
+            rows.append(w / norm)
+            starts.append(i)
+    lag = int(math.ceil(min_lag / window - 1e-9))
+    pairs = [float(rows[a] @ rows[b]) for a in range(len(rows)) for b in range(len(rows))
+             if (starts[b] - starts[a]) // f >= lag]
+    return float(np.mean(pairs)) if pairs else 0.0
+
 
 def clip_statistics(clips: list[np.ndarray], sample_rate: int, front: torch.nn.Module
                     ) -> dict[str, np.ndarray]:
@@ -125,20 +170,21 @@ def clip_statistics(clips: list[np.ndarray], sample_rate: int, front: torch.nn.M
     frame, frames quieter than 40 dB below the clip's loudest dropped), ``"rhythm"`` per clip
     ``(N, 4)``: onsets per second, mean onset strength, its coefficient of variation, and pulse
     clarity (the highest autocorrelation of the onset envelope at lags of 0.25 to 2 s, relative
-    to lag 0)."""
+    to lag 0), and ``"tonality"`` per clip ``(N, 1)``: :func:`key_stability`."""
     import librosa
 
-    mel, chroma, rhythm = [], [], []
+    mel, chroma, rhythm, tonality = [], [], [], []
     hop = 512
     for x in clips:
         x = np.asarray(x, np.float32)
         with torch.no_grad():
             mel.append(front(torch.from_numpy(x)).T.numpy())
-        spec = np.abs(librosa.stft(x, n_fft=2048, hop_length=hop))
+        spec = np.abs(librosa.stft(x, n_fft=CHROMA_FFT, hop_length=hop))
         c = librosa.feature.chroma_stft(S=spec ** 2, sr=sample_rate)
         energy = spec.sum(0)
         loud = energy >= energy.max() * 10 ** (-40 / 20) if energy.max() > 0 else energy > 0
         chroma.append(c[:, loud].T if loud.any() else c.T)
+        tonality.append([key_stability(x, sample_rate, hop=hop, spec=spec)])
         env = librosa.onset.onset_strength(S=librosa.amplitude_to_db(spec), sr=sample_rate)
         onsets = librosa.onset.onset_detect(onset_envelope=env, sr=sample_rate, hop_length=hop)
         seconds = len(x) / sample_rate
@@ -150,25 +196,32 @@ def clip_statistics(clips: list[np.ndarray], sample_rate: int, front: torch.nn.M
         clarity = float(ac[lo:hi].max() / ac[0]) if ac[0] > 0 and hi <= len(ac) else 0.0
         rhythm.append([len(onsets) / seconds, mean, cv, clarity])
     return {"mel": np.concatenate(mel), "chroma": np.concatenate(chroma),
-            "rhythm": np.asarray(rhythm, np.float64)}
+            "rhythm": np.asarray(rhythm, np.float64),
+            "tonality": np.asarray(tonality, np.float64)}
+
+
+def _scaled_wasserstein(values: np.ndarray, ref: np.ndarray) -> float:
+    """The mean over columns of the 1-D Wasserstein distance between per-clip ``values``
+    ``(N, K)`` and ``ref`` ``(M, K)``, each column in units of the reference's spread: its
+    standard deviation plus a tenth of its mean magnitude (so that a statistic that hardly
+    varies over a few clips does not blow up)."""
+    from scipy.stats import wasserstein_distance
+
+    scale = ref.std(0) + 0.1 * np.abs(ref.mean(0)) + 1e-6
+    return float(np.mean([wasserstein_distance(values[:, k] / scale[k], ref[:, k] / scale[k])
+                          for k in range(ref.shape[1])]))
 
 
 def music_distances(stats: dict[str, np.ndarray], ref: dict[str, np.ndarray]
                     ) -> dict[str, float]:
     """Distances of :func:`clip_statistics` ``stats`` from ``ref`` (lower is closer):
-    ``mel_fd`` and ``chroma_fd`` (Frechet distances of frame statistics) and ``rhythm`` (the
-    mean over :data:`RHYTHM_FEATURES` of the 1-D Wasserstein distance between the clips'
-    values, each in units of the reference's spread: its standard deviation plus a tenth of its
-    mean magnitude, so a statistic that hardly varies over a few clips does not blow up)."""
-    from scipy.stats import wasserstein_distance
-
-    scale = ref["rhythm"].std(0) + 0.1 * np.abs(ref["rhythm"].mean(0)) + 1e-6
-    rhythm = np.mean([wasserstein_distance(stats["rhythm"][:, k] / scale[k],
-                                           ref["rhythm"][:, k] / scale[k])
-                      for k in range(len(RHYTHM_FEATURES))])
+    ``mel_fd`` and ``chroma_fd`` (Frechet distances of frame statistics), ``rhythm`` (over
+    :data:`RHYTHM_FEATURES`) and ``tonality`` (the clips' :func:`key_stability`): the mean 1-D
+    Wasserstein distance between the clips' values, each in units of the reference's spread."""
     return {"mel_fd": frechet_distance(stats["mel"], ref["mel"]),
             "chroma_fd": frechet_distance(stats["chroma"], ref["chroma"]),
-            "rhythm": float(rhythm)}
+            "rhythm": _scaled_wasserstein(stats["rhythm"], ref["rhythm"]),
+            "tonality": _scaled_wasserstein(stats["tonality"], ref["tonality"])}
 
 
 def shaped_noise(clips: list[np.ndarray], count: int, samples: int, front: torch.nn.Module,

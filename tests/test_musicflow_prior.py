@@ -18,7 +18,7 @@ from flowsuite.core.checkpoint import load_model, save_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
 from flowsuite.musicflow.mel import MelSpectrogram
-from flowsuite.musicflow.metrics import frechet_distance, shaped_noise
+from flowsuite.musicflow.metrics import frechet_distance, key_stability, shaped_noise
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
@@ -275,6 +275,34 @@ def test_frechet_distance_and_shaped_noise():
     assert int(spec.argmax()) == int(front.stft(torch.from_numpy(clips[0])).abs().mean(-1).argmax())
 
 
+def _scales(tonics: list[int], seed: int, seconds: float = 1.0) -> np.ndarray:
+    """One window of ``seconds`` per tonic (a MIDI number): the notes of its major scale
+    sounding together with random loudness (a new voicing in every window), two partials each."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    out = []
+    for tonic in tonics:
+        y = np.zeros_like(t)
+        for step in (0, 2, 4, 5, 7, 9, 11):
+            f = 440.0 * 2 ** ((tonic + step + 12 * rng.integers(-1, 1) - 69) / 12)
+            for h in (1, 2):
+                y += rng.uniform(0.5, 1.0) * np.sin(2 * math.pi * f * h * t + rng.uniform(0, 6))
+        out.append(y / np.abs(y).max())
+    return (0.2 * np.concatenate(out)).astype(np.float32)
+
+
+def test_key_stability_tells_a_clip_that_keeps_its_key_from_one_that_wanders():
+    stay = _scales([60] * 8, 0)  # C major throughout, voiced anew each second
+    wander = _scales([60, 66, 61, 67, 62, 68, 63, 69], 0)  # a new key every second
+    noise = np.random.default_rng(0).normal(0, 0.1, 8 * SR).astype(np.float32)
+    ks = {name: key_stability(x, SR) for name, x in
+          (("stay", stay), ("wander", wander), ("noise", noise))}
+    assert ks["stay"] > 0.45 and ks["wander"] < 0.1 and abs(ks["noise"]) < 0.2, ks
+    # Too short for two windows two seconds apart, or silent: 0.
+    assert key_stability(stay[:2 * SR], SR) == 0.0
+    assert key_stability(np.zeros(4 * SR, np.float32), SR) == 0.0
+
+
 # -------------------------------------------------------------------------------------- CLI
 
 
@@ -461,8 +489,10 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
     res = json.loads(js.read_text())
     assert set(res["metrics"]) == {"generated", "vocoded", "shaped_noise", "ideal"}
     for m in res["metrics"].values():
-        assert set(m) == {"mel_fd", "chroma_fd", "rhythm"}
+        assert set(m) == {"mel_fd", "chroma_fd", "rhythm", "tonality"}
         assert all(np.isfinite(v) and v >= 0 for v in m.values())
+    assert set(res["key_stability"]) == {"held_out", *res["metrics"]}
+    assert all(-1 <= v <= 1 for v in res["key_stability"].values())
     assert "vocoded" in r.output
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
                    "--json", js), "--force")
