@@ -337,9 +337,10 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     click.echo(f"{'metric':<12}" + "".join(f"{k:>14}" for k in names))
     for m in ("mel_fd", "chroma_fd", "rhythm", "tonality"):
         click.echo(f"{m:<12}" + "".join(f"{metrics[k][m]:>14.4f}" for k in names))
-    click.echo("key stability, the mean per clip (1: the same pitch classes throughout, 0: "
-               "unrelated from one second to another two or more seconds on): "
-               + ", ".join(f"{k} {v:.3f}" for k, v in keys.items()))
+    click.echo(f"{'key_stab *':<12}" + "".join(f"{keys[k]:>14.4f}" for k in names))
+    click.echo(f"* the mean key stability per clip, not a distance (held-out clips: "
+               f"{keys['held_out']:.4f}; 1: the same pitch classes throughout, 0: unrelated "
+               f"from one second to those two or more seconds later)")
     if json_path is not None:
         with atomic_path(json_path, force=force) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")

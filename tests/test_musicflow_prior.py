@@ -493,7 +493,7 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
         assert all(np.isfinite(v) and v >= 0 for v in m.values())
     assert set(res["key_stability"]) == {"held_out", *res["metrics"]}
     assert all(-1 <= v <= 1 for v in res["key_stability"].values())
-    assert "vocoded" in r.output
+    assert "vocoded" in r.output and "key_stab" in r.output
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
                    "--json", js), "--force")
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
