@@ -95,6 +95,10 @@ def _resume_config(out_dir: Path) -> dict | None:
                    "(each frame's peak level kept) by a share up to this, per sequence, so it "
                    "learns to restore the partials a free-running prior blurs (default: the "
                    "preset's 0, or --init's).")
+@click.option("--context-blank", type=click.FloatRange(0.0, 1.0), default=None,
+              help="In training, this share of the sequences read a past of noise instead of "
+                   "their true steps, so the prior learns to hold the key and style by itself "
+                   "and drifts less from key to key (default: the preset's 0, or --init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
@@ -108,7 +112,7 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                     flows: int | None, spline_bins: int | None, carry: bool | None,
                     rollout: int | None, rollout_share: float | None,
                     self_feed: float | None, context_smear: float | None,
-                    init_path: Path | None,
+                    context_blank: float | None, init_path: Path | None,
                     resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
@@ -144,7 +148,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
     torch.manual_seed(seed)
     given = {"mixture": mixture, "n_flows": flows, "self_feed": self_feed,
              "spline_bins": spline_bins, "carry": carry, "rollout": rollout,
-             "rollout_share": rollout_share, "context_smear": context_smear}
+             "rollout_share": rollout_share, "context_smear": context_smear,
+             "context_blank": context_blank}
     extra = {k: v for k, v in given.items() if v is not None}
     try:
         if saved is not None:

@@ -165,6 +165,12 @@ class MelPrior(Configurable, nn.Module):
             than to copy the blur; keeping the peak tells it the level is unchanged (a plain
             blur also lowers the peaks, and a prior trained on it brightens as it runs).
             0 (the default) leaves the past as it is.
+        context_blank: in training only, this share of the sequences (drawn per sequence) read
+            a past of standard normal noise in place of their true steps, so the prior must
+            predict those steps from nothing it can copy (the start of a piece, a past it
+            cannot trust); it learns to hold the music's key and style more by itself, and
+            free-running drifts less from key to key (BENCHMARKS.md, "Does the music keep its
+            key?"). 0 (the default) leaves the past as it is.
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -187,7 +193,8 @@ class MelPrior(Configurable, nn.Module):
                  noise: float = 0.05, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
                  spline_bins: int = 0, carry: bool = False, rollout: int = 0,
-                 rollout_share: float = 1.0, context_smear: float = 0.0):
+                 rollout_share: float = 1.0, context_smear: float = 0.0,
+                 context_blank: float = 0.0):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -213,6 +220,10 @@ class MelPrior(Configurable, nn.Module):
             raise ValueError(f"context_smear must be a share between 0 and 1, not "
                              f"{context_smear}")
         self.context_smear = float(context_smear)
+        if not 0.0 <= context_blank <= 1.0:
+            raise ValueError(f"context_blank must be a share between 0 and 1, not "
+                             f"{context_blank}")
+        self.context_blank = float(context_blank)
         if mixture < 0 or mixture == 1:
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         if spline_bins < 0:
@@ -372,7 +383,7 @@ class MelPrior(Configurable, nn.Module):
         past = steps[:, :-1]
         if self.training and self.self_feed > 0 and t > 1 and self._flow_ready():
             past = self._self_fed(steps, style)
-        read = self._smeared(self._as_read(past)) if self.training else past
+        read = self._blanked(self._smeared(self._as_read(past))) if self.training else past
         inputs = torch.cat([self.start.to(steps.dtype).expand(b, 1, d), read], dim=1)
         out, _ = self.rnn(inputs)
         prev = self._previous(past)
@@ -424,6 +435,14 @@ class MelPrior(Configurable, nn.Module):
         blurred = blurred + (frames.amax(-1, keepdim=True) - blurred.amax(-1, keepdim=True))
         share = torch.rand(b, 1, 1, device=steps.device, dtype=steps.dtype) * self.context_smear
         return torch.lerp(steps, blurred.view(b, t, d), share)
+
+    def _blanked(self, steps: Tensor) -> Tensor:
+        """Steps ``(B, T, D)`` with the whole past of a ``context_blank`` share of the sequences
+        (drawn per sequence) replaced by standard normal noise."""
+        if self.context_blank <= 0 or steps.shape[1] == 0:
+            return steps
+        rows = torch.rand(steps.shape[0], 1, 1, device=steps.device) < self.context_blank
+        return torch.where(rows, torch.randn_like(steps), steps)
 
     def _flow_ready(self) -> bool:
         """Whether every ActNorm of the step flow has been initialised (a fresh model's first

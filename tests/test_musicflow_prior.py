@@ -717,6 +717,41 @@ def test_context_smear_blends_the_past_with_its_band_average_in_training_only():
         _tiny(context_smear=1.5)
 
 
+def test_context_blank_replaces_the_past_of_a_share_of_sequences_by_noise_in_training_only():
+    """``context_blank``: in training a share of the sequences, drawn per sequence, read a past
+    of standard normal noise in place of their true steps (the others read it untouched); the
+    likelihood is still of the true steps, and evaluation and sampling are those of the same
+    weights without it."""
+    plain = _off_identity(_tiny(styles=["a"], mixture=3), 0.1)
+    blank = MelPrior(**{**plain.config, "context_blank": 0.5})
+    blank.load_state_dict(plain.state_dict())
+    assert blank.config["context_blank"] == 0.5
+    steps = torch.randn(64, 4, blank.features)
+    torch.manual_seed(5)
+    rows = torch.rand(64, 1, 1) < 0.5
+    noise = torch.randn_like(steps)
+    torch.manual_seed(5)
+    got = blank._blanked(steps)
+    assert torch.equal(got, torch.where(rows, noise, steps))
+    kept = (got == steps).all(-1).all(-1)
+    assert 16 < int(kept.sum()) < 48 and bool((~kept == rows.view(-1)).all())
+    assert torch.equal(plain._blanked(steps), steps)  # 0: the past as it is
+    one = MelPrior(**{**plain.config, "context_blank": 1.0})
+    assert not (one._blanked(steps) == steps).any()
+
+    mel = torch.randn(3, 8, 10)
+    blank.train(), plain.train()
+    torch.manual_seed(3)
+    loss = blank(mel)["loss"]
+    loss.backward()
+    assert blank.rnn.weight_ih_l0.grad is not None
+    torch.manual_seed(3)
+    assert torch.isfinite(loss) and not torch.allclose(loss.detach(), plain(mel)["loss"])
+    _evaluates_and_samples_as(blank, plain, mel)
+    with pytest.raises(ValueError, match="context_blank"):
+        _tiny(context_blank=-0.1)
+
+
 @pytest.mark.parametrize("carry", [False, True])
 def test_rollout_states_have_read_the_models_own_last_steps(carry, monkeypatch):
     """With ``rollout=2`` the state that predicts step s has read the true steps before s - 2,
