@@ -97,8 +97,8 @@ def _resume_config(out_dir: Path) -> dict | None:
                    "preset's 0, or --init's).")
 @click.option("--context-blank", type=click.FloatRange(0.0, 1.0), default=None,
               help="In training, this share of the sequences read a past of noise instead of "
-                   "their true steps, so the prior learns to hold the key and style by itself "
-                   "and drifts less from key to key (default: the preset's 0, or --init's).")
+                   "their true steps, so the prior must predict steps it cannot copy "
+                   "(default: the preset's 0, or --init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "

@@ -133,8 +133,7 @@ def key_stability(x: np.ndarray, sample_rate: int, window: float = KEY_WINDOW,
     classes mostly do not); music that wanders from key to key, or white noise, scores near 0
     (noise shaped to a tonal spectrum keeps that spectrum's pitch classes, and scores as
     stable as its source: the statistic says whether the key holds, not whether it is music).
-    Silent
-    windows are left out; a clip with fewer than two windows that far apart scores 0.
+    Silent windows are left out; a clip with fewer than two windows that far apart scores 0.
     ``spec``: the STFT magnitudes of ``x`` if already computed (n_fft :data:`CHROMA_FFT`,
     this ``hop``)."""
     import librosa
