@@ -613,6 +613,29 @@ def _evaluates_and_samples_as(model: MelPrior, plain: MelPrior, mel: torch.Tenso
         assert torch.equal(model.sample(8, seed=2), plain.sample(8, seed=2))
 
 
+def _plain_and(**option) -> tuple[MelPrior, MelPrior]:
+    """A tiny mixture prior off the identity, and the same weights with a training option."""
+    plain = _off_identity(_tiny(styles=["a"], mixture=3), 0.1)
+    model = MelPrior(**{**plain.config, **option})
+    model.load_state_dict(plain.state_dict())
+    assert all(model.config[k] == v for k, v in option.items())
+    return plain, model
+
+
+def _trains_apart_but_evaluates_as(model: MelPrior, plain: MelPrior, mel: torch.Tensor) -> None:
+    """A training-only option that changes what the GRU reads: at one seed its training loss is
+    finite and differs from ``plain``'s (the same weights without it), gradients reach the GRU,
+    and in eval mode it scores and samples exactly as ``plain``."""
+    model.train(), plain.train()
+    torch.manual_seed(3)
+    loss = model(mel)["loss"]
+    loss.backward()
+    assert model.rnn.weight_ih_l0.grad is not None
+    torch.manual_seed(3)
+    assert torch.isfinite(loss) and not torch.allclose(loss.detach(), plain(mel)["loss"])
+    _evaluates_and_samples_as(model, plain, mel)
+
+
 @pytest.mark.parametrize("mixture", [0, 3])
 def test_self_feed_reads_the_models_own_one_step_samples_in_training(mixture, monkeypatch):
     """Scheduled sampling: with ``self_feed=1`` every past step the GRU reads in training is
@@ -677,10 +700,7 @@ def test_context_smear_blends_the_past_with_its_band_average_in_training_only():
     drawn from ``[0, context_smear]``, with each frame's 3-band moving average (edge bands
     repeated) shifted so that its maximum is the frame's own; the likelihood is still of the
     true steps, and evaluation and sampling are those of the same weights without it."""
-    plain = _off_identity(_tiny(styles=["a"], mixture=3), 0.1)
-    smeared = MelPrior(**{**plain.config, "context_smear": 0.8})
-    smeared.load_state_dict(plain.state_dict())
-    assert smeared.config["context_smear"] == 0.8
+    plain, smeared = _plain_and(context_smear=0.8)
     steps = torch.randn(3, 4, smeared.features)
     torch.manual_seed(7)
     share = torch.rand(3, 1, 1) * 0.8
@@ -704,15 +724,7 @@ def test_context_smear_blends_the_past_with_its_band_average_in_training_only():
     assert torch.allclose(got, share_one * torch.tensor([3.0, 3, 3, 2, 2, 2, 2, 2]) +
                           (1 - share_one) * torch.tensor([0.0, 3, 0, 0, 0, 0, 0, 0]), atol=1e-6)
 
-    mel = torch.randn(3, 8, 10)
-    smeared.train(), plain.train()
-    torch.manual_seed(3)
-    loss = smeared(mel)["loss"]
-    loss.backward()
-    assert smeared.rnn.weight_ih_l0.grad is not None
-    torch.manual_seed(3)
-    assert not torch.allclose(loss.detach(), plain(mel)["loss"])
-    _evaluates_and_samples_as(smeared, plain, mel)
+    _trains_apart_but_evaluates_as(smeared, plain, torch.randn(3, 8, 10))
     with pytest.raises(ValueError, match="context_smear"):
         _tiny(context_smear=1.5)
 
@@ -722,10 +734,7 @@ def test_context_blank_replaces_the_past_of_a_share_of_sequences_by_noise_in_tra
     of standard normal noise in place of their true steps (the others read it untouched); the
     likelihood is still of the true steps, and evaluation and sampling are those of the same
     weights without it."""
-    plain = _off_identity(_tiny(styles=["a"], mixture=3), 0.1)
-    blank = MelPrior(**{**plain.config, "context_blank": 0.5})
-    blank.load_state_dict(plain.state_dict())
-    assert blank.config["context_blank"] == 0.5
+    plain, blank = _plain_and(context_blank=0.5)
     steps = torch.randn(64, 4, blank.features)
     torch.manual_seed(5)
     rows = torch.rand(64, 1, 1) < 0.5
@@ -739,15 +748,7 @@ def test_context_blank_replaces_the_past_of_a_share_of_sequences_by_noise_in_tra
     one = MelPrior(**{**plain.config, "context_blank": 1.0})
     assert not (one._blanked(steps) == steps).any()
 
-    mel = torch.randn(3, 8, 10)
-    blank.train(), plain.train()
-    torch.manual_seed(3)
-    loss = blank(mel)["loss"]
-    loss.backward()
-    assert blank.rnn.weight_ih_l0.grad is not None
-    torch.manual_seed(3)
-    assert torch.isfinite(loss) and not torch.allclose(loss.detach(), plain(mel)["loss"])
-    _evaluates_and_samples_as(blank, plain, mel)
+    _trains_apart_but_evaluates_as(blank, plain, torch.randn(3, 8, 10))
     with pytest.raises(ValueError, match="context_blank"):
         _tiny(context_blank=-0.1)
 
