@@ -99,6 +99,10 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="In training, this share of the sequences read a past of noise instead of "
                    "their true steps, so the prior must predict steps it cannot copy "
                    "(default: the preset's 0, or --init's).")
+@click.option("--keys/--no-keys", default=None,
+              help="Condition on the music's key, estimated from each file's audio; `gen "
+                   "music --key` then takes one (default: off, or --init's; with --init it "
+                   "starts with no effect).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
@@ -112,7 +116,7 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                     flows: int | None, spline_bins: int | None, carry: bool | None,
                     rollout: int | None, rollout_share: float | None,
                     self_feed: float | None, context_smear: float | None,
-                    context_blank: float | None, init_path: Path | None,
+                    context_blank: float | None, keys: bool | None, init_path: Path | None,
                     resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
@@ -137,19 +141,22 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
         source = load_model(model_file(init_path), expected="mel-prior")
     saved = _resume_config(out_dir) if resume else None
     is_set = (data_dir / MANIFEST).is_file()
+    keyed = bool(keys if keys is not None else
+                 (saved or {}).get("keys", source.keys if source is not None else False))
     corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
-                                   min_frames=segment_frames, progress=True)
+                                   min_frames=segment_frames, progress=True, keys=keyed)
     val = None
     if is_set:
         try:
-            val = MelCorpus.from_folder(data_dir, split="val", min_frames=segment_frames)
+            val = MelCorpus.from_folder(data_dir, split="val", min_frames=segment_frames,
+                                        keys=keyed)
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
     given = {"mixture": mixture, "n_flows": flows, "self_feed": self_feed,
              "spline_bins": spline_bins, "carry": carry, "rollout": rollout,
              "rollout_share": rollout_share, "context_smear": context_smear,
-             "context_blank": context_blank}
+             "context_blank": context_blank, "keys": keys}
     extra = {k: v for k, v in given.items() if v is not None}
     try:
         if saved is not None:
@@ -196,6 +203,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               help="Vocoder latent noise scale.")
 @click.option("--style", default=None, help="A style the prior knows (e.g. chorale, folk, "
               "quartet); default: one at random.")
+@click.option("--key", default=None, help="For a prior trained with --keys: the key to "
+              "write in (e.g. 'D minor', 'F#', 'Bbm'); default: one at random.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -211,7 +220,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
-          out_path: Path, preview: Path | None, model_path: Path | None,
+          key: str | None, out_path: Path, preview: Path | None, model_path: Path | None,
           vocoder_path: Path | None, from_path: Path | None, device: str,
           force: bool) -> None:
     """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
@@ -236,10 +245,12 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
                    "for a trained WaveGlow)")
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails before any work
+    if key is not None:  # so does an unknown key, or one for a prior without keys
+        gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
     prime = None
     if from_path is not None:
         prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
-    mel = gen.generate_mel(seconds, seed, temperature, style, prime)
+    mel = gen.generate_mel(seconds, seed, temperature, style, prime, key)
     audio = gen.vocode(mel, round(seconds * gen.sample_rate), sigma, seed)
     if not np.isfinite(audio).all():
         raise FlowsuiteError("the models produced NaN audio; they are probably undertrained or "
@@ -250,7 +261,7 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
         from flowsuite.musicflow.preview import write_spectrograms
 
         title = (f"gen music --seed {seed} --temperature {temperature:g}"
-                 + (f" --style {style}" if style else ""))
+                 + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else ""))
         write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
         click.echo(f"wrote {preview}")
 

@@ -37,6 +37,7 @@ from flowsuite.core.coupling import logdet_sum
 from flowsuite.core.distributions import ContextMixture
 from flowsuite.core.elementwise import RationalQuadraticSpline
 from flowsuite.core.errors import FlowsuiteError
+from flowsuite.musicflow.keys import KEY_FEATURES, KEY_NAMES, key_features, key_index
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -62,6 +63,11 @@ SMEAR_BANDS = 3
 # level within that range; over 10-s clips it keeps its key about 3x as well at 0.7 as at 0.9
 # (key stability 0.17-0.23 against 0.05-0.08, held-out music 0.30), so 0.7.
 DEFAULT_TEMPERATURE = 0.7
+
+# A keyed prior adds KEY_GAIN * W @ key_features(key) to the GRU's summary, W starting at zero:
+# the gain lets the new map learn at the scale of the trained weights around it (with Adam, a
+# tenfold gain is a tenfold learning rate for W); at 1 it stayed near zero (BENCHMARKS.md).
+KEY_GAIN = 10.0
 
 
 class ContextAffine(Bijection):
@@ -115,9 +121,9 @@ class ContextAffine(Bijection):
 @dataclass
 class PriorState:
     """Where a stream stands: the GRU's hidden state ``(rnn_layers, B, hidden)`` after reading
-    every step so far, the style index of each sample ``(B,)`` and the last step (normalised,
-    ``(B, block * n_mel)``; ``None`` before any: the band means), which a ``carry`` prior
-    carries into the next step."""
+    every step so far, the labels of each sample (see :meth:`MelPrior.labels`) and the last
+    step (normalised, ``(B, block * n_mel)``; ``None`` before any: the band means), which a
+    ``carry`` prior carries into the next step."""
 
     hidden: Tensor
     style: Tensor
@@ -165,6 +171,10 @@ class MelPrior(Configurable, nn.Module):
             than to copy the blur; keeping the peak tells it the level is unchanged (a plain
             blur also lowers the peaks, and a prior trained on it brightens as it runs).
             0 (the default) leaves the past as it is.
+        keys: condition on the music's key (:mod:`flowsuite.musicflow.keys`): the 24 features
+            of each sample's key (-1: none) enter the GRU's summary through a linear map that
+            starts at zero (so a trained prior grows into it unchanged). Training estimates each
+            file's key from its audio; sampling takes a key or draws one at random.
         context_blank: in training only, this share of the sequences (drawn per sequence) read
             a past of standard normal noise in place of their true steps, so the prior must
             predict those steps from nothing it can copy (the start of a piece, a past it
@@ -194,7 +204,7 @@ class MelPrior(Configurable, nn.Module):
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
                  spline_bins: int = 0, carry: bool = False, rollout: int = 0,
                  rollout_share: float = 1.0, context_smear: float = 0.0,
-                 context_blank: float = 0.0):
+                 context_blank: float = 0.0, keys: bool = False):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -251,6 +261,10 @@ class MelPrior(Configurable, nn.Module):
                          StandardNormal(d))
         self.mixture = ContextMixture(d, ctx, mixture, hid[:1]) if mixture else None
         self.carry = MLP(ctx, d, hidden=hid[:1]) if carry else None
+        self.keys = bool(keys)
+        self.key_map = nn.Linear(KEY_FEATURES, hidden, bias=False) if keys else None
+        if self.key_map is not None:
+            nn.init.zeros_(self.key_map.weight)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
@@ -343,11 +357,37 @@ class MelPrior(Configurable, nn.Module):
                                  f"{', '.join(self.styles)}")
         return torch.full((batch,), int(style), dtype=torch.long)
 
+    def labels(self, style: Tensor, key: Tensor | str | int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """What the context reads of each sample: style labels ``(B,)`` alone, or for a keyed
+        prior ``(B, 2)`` of style and key. ``key``: labels ``(B,)`` (-1: none), a name or index
+        (see :func:`~flowsuite.musicflow.keys.key_index`), or ``None``: one drawn at random
+        per sample (from ``generator``). A key given to a prior without keys is an error."""
+        if not self.keys:
+            if key is not None:
+                raise FlowsuiteError(f"this prior was trained without keys; leave out the key "
+                                     f"(got {key!r})")
+            return style
+        b = style.shape[0]
+        if key is None:
+            dev = generator.device if generator is not None else None
+            key = torch.randint(len(KEY_NAMES), (b,), generator=generator, device=dev)
+        elif not isinstance(key, Tensor):
+            key = torch.full((b,), key_index(key), dtype=torch.long)
+        return torch.stack([style.long(), key.long().to(style.device)], dim=-1)
+
     def _context(self, hidden_out: Tensor, style: Tensor, prev: Tensor | None = None
                  ) -> Tensor:
-        """GRU outputs ``(B, T, H)`` (or ``(B, H)``), styles ``(B,)`` and, for a ``carry``
-        prior, the step before each ``(B, T, D)`` (or ``(B, D)``; ``None``: the band means) ->
-        contexts with the style embedding (and the step before) appended."""
+        """GRU outputs ``(B, T, H)`` (or ``(B, H)``), labels ``(B,)`` or ``(B, 2)`` (see
+        :meth:`labels`) and, for a ``carry`` prior, the step before each ``(B, T, D)`` (or
+        ``(B, D)``; ``None``: the band means) -> contexts with the style embedding (and the step
+        before) appended, the key's map added to the GRU's summary."""
+        if style.dim() == 2:
+            style, key = style[:, 0], style[:, 1]
+            if self.key_map is not None:
+                feats = key_features(key).to(hidden_out.device, hidden_out.dtype)
+                shift = (KEY_GAIN * self.key_map(feats)).to(hidden_out.dtype)
+                hidden_out = hidden_out + (shift[:, None] if hidden_out.dim() == 3 else shift)
         ctx = hidden_out
         if self.style_embedding is not None:
             idx = torch.where(style < 0, len(self.styles), style).to(hidden_out.device)
@@ -516,14 +556,19 @@ class MelPrior(Configurable, nn.Module):
         x, lp = self.sample_step(context, temperature, generator)
         return torch.maximum(x, self._floor_step().to(x.dtype)), lp
 
-    def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None) -> Tensor:
+    def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None,
+                 key: Tensor | str | int | None = None) -> Tensor:
         """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
-        of ``block``); ``style`` labels ``(B,)``, a name, an index or ``None`` (-1: no style)."""
+        of ``block``); ``style`` labels ``(B,)``, a name, an index or ``None`` (-1: no style);
+        for a keyed prior ``key`` likewise (``None``: no key, -1)."""
         mel = self.check_mel(mel)
         if not isinstance(style, Tensor):
             style = (self.style_index(style, mel.shape[0]) if style is not None
                      else torch.full((mel.shape[0],), -1, dtype=torch.long))
-        lp = self._log_prob_normalised(self.normalise(mel), style.to(self._device()))
+        if self.keys and key is None:
+            key = torch.full((mel.shape[0],), -1, dtype=torch.long)
+        labels = self.labels(style.to(self._device()), key)
+        lp = self._log_prob_normalised(self.normalise(mel), labels)
         return lp - mel.shape[-1] * torch.log(self.std).sum()
 
     def forward(self, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
@@ -531,12 +576,15 @@ class MelPrior(Configurable, nn.Module):
         tensor. Returns ``loss``, the negative log-likelihood per mel value in nats (with the
         training noise added to the normalised mel in training mode), and ``nll_per_dim``."""
         if isinstance(batch, dict):
-            mel, style = batch["mel"], batch.get("style")
+            mel, style, key = batch["mel"], batch.get("style"), batch.get("key")
         else:
-            mel, style = batch, None
+            mel, style, key = batch, None, None
         mel = self.check_mel(mel)
         if style is None:
             style = torch.full((mel.shape[0],), -1, dtype=torch.long)
+        if self.keys:  # unlabelled audio reads "no key"
+            style = self.labels(style, key if key is not None
+                                else torch.full((mel.shape[0],), -1, dtype=torch.long))
         x = self.normalise(mel)
         if self.training and self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
@@ -548,12 +596,13 @@ class MelPrior(Configurable, nn.Module):
 
     def initial_state(self, batch: int = 1, style: str | int | None = None,
                       prime: Tensor | None = None,
-                      generator: torch.Generator | None = None) -> PriorState:
+                      generator: torch.Generator | None = None,
+                      key: str | int | None = None) -> PriorState:
         """The state before the first sampled step: the GRU has read the start vector and, with
         ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
-        so sampling continues it."""
+        so sampling continues it. ``key``: see :meth:`labels`."""
         dev = self._device()
-        labels = self.style_index(style, batch, generator).to(dev)
+        labels = self.labels(self.style_index(style, batch, generator), key, generator).to(dev)
         inputs = self.start.expand(batch, 1, self.features)
         last = None
         if prime is not None:
@@ -607,15 +656,16 @@ class MelPrior(Configurable, nn.Module):
     def sample(self, frames: int, style: str | int | None = None,
                temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                generator: torch.Generator | None = None, prime: Tensor | None = None,
-               batch: int = 1) -> Tensor:
+               batch: int = 1, key: str | int | None = None) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
-        ``(n_mel, F)``) is continued. Memory does not grow with ``frames`` beyond the output."""
+        ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or index, ``None`` at
+        random) the key. Memory does not grow with ``frames`` beyond the output."""
         if generator is None:
             generator = torch.Generator(device=self._device())
             generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))
-        state = self.initial_state(batch, style, prime, generator)
+        state = self.initial_state(batch, style, prime, generator, key)
         return torch.cat([m for m, _, _ in self.stream(frames, state, temperature, generator)],
                          dim=-1)
 

@@ -14,7 +14,7 @@ without style labels trains the model's "no style" embedding).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +30,22 @@ from flowsuite.musicflow.prior import MelPrior
 @dataclass
 class MelCorpus:
     """Whole log-mels of a set of audio files, kept in memory (float16, ``(n_mel, F_i)`` each),
-    with a style index per file (-1: none) and the style names."""
+    with a style index per file (-1: none), the style names and, when asked for, each file's key
+    estimated from its audio (:func:`~flowsuite.musicflow.keys.estimate_key`; empty if not)."""
 
     mels: list[torch.Tensor]
     labels: list[int]
     styles: list[str]
+    keys: list[int] = field(default_factory=list)
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike, split: str | None = None,
                     min_frames: int = 2, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
-                    progress: bool = False) -> MelCorpus:
+                    progress: bool = False, keys: bool = False) -> MelCorpus:
         """The mels of a music set made by ``gen data music`` (its ``split``; styles from the
         manifest) or of every audio file in a plain folder (no styles). Files shorter than
-        ``min_frames`` frames of sound are skipped with a warning (see ``AudioFolder``)."""
+        ``min_frames`` frames of sound are skipped with a warning (see ``AudioFolder``).
+        ``keys``: also estimate each file's key."""
         import soundfile as sf
 
         from flowsuite.data.audio import AudioFolder, resample
@@ -53,7 +56,9 @@ class MelCorpus:
                              split=split)
         is_set = (root / MANIFEST).is_file()
         front = MelSpectrogram(sample_rate=sample_rate, hop=hop)
-        mels, labels = [], []
+        from flowsuite.musicflow.keys import estimate_key
+
+        mels, labels, found = [], [], []
         files = folder.files
         if progress:
             from tqdm.auto import tqdm
@@ -70,7 +75,9 @@ class MelCorpus:
             with torch.no_grad():
                 mels.append(front(torch.from_numpy(np.ascontiguousarray(x[:usable]))).half())
             labels.append(info.style if is_set else -1)
-        return cls(mels, labels, list(folder.styles) if is_set else [])
+            if keys:
+                found.append(estimate_key(x, sample_rate))
+        return cls(mels, labels, list(folder.styles) if is_set else [], found)
 
     @property
     def frames(self) -> int:
@@ -93,7 +100,7 @@ class MelCorpus:
 
 class MelCrops(Dataset):
     """Crops of ``segment_frames`` frames of a :class:`MelCorpus`: items ``{"mel": (n_mel,
-    segment_frames) float32, "style": int}``.
+    segment_frames) float32, "style": int}`` (and ``"key": int`` when the corpus has keys).
 
     With ``random=True`` (training) there are ``frames // segment_frames`` items per epoch, each
     a crop at a random place (torch's generator, which the trainer seeds per step) of a file
@@ -132,7 +139,10 @@ class MelCrops(Dataset):
         f = self.files[k]
         at = pos - int(self._cum[k])
         mel = self.corpus.mels[f][:, at:at + self.segment].float()
-        return {"mel": mel, "style": self.corpus.labels[f]}
+        item = {"mel": mel, "style": self.corpus.labels[f]}
+        if self.corpus.keys:
+            item["key"] = self.corpus.keys[f]
+        return item
 
 
 def train_prior(model: MelPrior, corpus: MelCorpus, out_dir: str | os.PathLike,

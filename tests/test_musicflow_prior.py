@@ -480,6 +480,34 @@ def test_gen_music_bad_input(models, tmp_path, monkeypatch):
     assert not out.exists()  # (no WaveGlow shipped: Griffin-Lim, tested below)
 
 
+def test_train_prior_with_keys_and_gen_music_in_a_key(models, music_set, tmp_path):
+    """``--keys``: the corpus gets each file's key from its audio, the model reads it; `gen
+    music --key` writes in a key, and a key for a prior without keys, or an unknown key, is one
+    line each."""
+    run = tmp_path / "keyed"
+    r = _invoke("train", "prior", "--data", music_set, "--out", run, "--preset", "tiny",
+                "--steps", 2, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu",
+                "--keys", "--context-blank", 0.5)
+    assert r.exit_code == 0, r.output
+    model = load_model(run / "model.safetensors")
+    assert model.keys and model.config["context_blank"] == 0.5
+    from flowsuite.musicflow.prior_train import MelCorpus
+
+    corpus = MelCorpus.from_folder(music_set, split="train", keys=True)
+    assert len(corpus.keys) == len(corpus.mels) and all(-1 <= k < 24 for k in corpus.keys)
+    out, png = tmp_path / "k.wav", tmp_path / "k.png"
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim", "--key",
+                "D minor", "--out", out, "--preview", png, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and png.is_file()
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                   "--key", "H major", "--out", tmp_path / "x.wav"), "unknown key")
+    plain, _ = models
+    _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
+                   "--key", "D minor", "--out", tmp_path / "y.wav"), "without keys")
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+
+
 def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
     run, voc = models
     js = tmp_path / "e.json"
