@@ -71,17 +71,21 @@ def onset_rate(stats: dict[str, np.ndarray]) -> dict[str, float]:
 def split_nll(prior: MelPrior, corpus: MelCorpus, frames: int = 128) -> dict[str, object]:
     """NLL per mel value (nats, with the training's noise, seeded) of every whole crop of
     ``frames`` frames of each file: the mean over files and each file's figure. Styles are
-    matched by name."""
+    matched by name; a keyed prior reads each file's key (``corpus`` loaded with keys)."""
     prior.eval()
     g = torch.Generator().manual_seed(0)
     per = []
-    for m, lab in zip(corpus.mels, corpus.labels, strict=True):
+    keys = corpus.keys or [-1] * len(corpus.mels)
+    for m, lab, key in zip(corpus.mels, corpus.labels, keys, strict=True):
         name = corpus.styles[lab] if lab >= 0 else None
         idx = prior.styles.index(name) if name in prior.styles else -1
         n = m.shape[-1] // frames
         crops = m[:, :n * frames].float().reshape(m.shape[0], n, frames).permute(1, 0, 2)
         x = prior.normalise(crops) + prior.noise * torch.randn(crops.shape, generator=g)
-        lp = (prior._log_prob_normalised(x, torch.full((n,), idx))
+        labels = torch.full((n,), idx)
+        if prior.keys:
+            labels = prior.labels(labels, torch.full((n,), key))
+        lp = (prior._log_prob_normalised(x, labels)
               - frames * torch.log(prior.std).sum())
         per.append(float(-lp.sum() / crops.numel()))
     return {"mean": float(np.mean(per)), "per_file": [round(v, 4) for v in per]}
@@ -208,10 +212,11 @@ def main() -> None:
             panels.append((f"{path.name} T={temp:g} seed 0", mels[0]))
             print(path, temp, row[str(temp)], flush=True)
         if a.diagnose:
-            test = MelCorpus.from_folder(a.data, split="test")
+            test = MelCorpus.from_folder(a.data, split="test", keys=gen.prior.keys)
             row["nll_by_kind"] = nll_by_kind(gen.prior, test)
             row["test_nll"] = split_nll(gen.prior, test)
-            row["val_nll"] = split_nll(gen.prior, MelCorpus.from_folder(a.data, split="val"))
+            row["val_nll"] = split_nll(gen.prior, MelCorpus.from_folder(a.data, split="val",
+                                                                        keys=gen.prior.keys))
             print(path, row["nll_by_kind"], row["test_nll"], row["val_nll"], flush=True)
         if a.pictures is not None and a.temperatures:
             a.pictures.mkdir(parents=True, exist_ok=True)
