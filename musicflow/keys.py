@@ -57,6 +57,18 @@ def key_name(index: int) -> str:
     return "none" if index < 0 else KEY_NAMES[index]
 
 
+def balanced_chroma(power: np.ndarray, sample_rate: int, n_fft: int) -> np.ndarray:
+    """Chroma ``(12, F)`` of an STFT power spectrogram ``(1 + n_fft // 2, F)`` (librosa's
+    filters at the recording's estimated tuning), each pitch class divided by its filter's
+    total weight: the filters weigh the 12 classes up to 10% apart, a fixed pattern that would
+    otherwise read as a key in noise or in a recording of no key."""
+    import librosa
+
+    tuning = librosa.estimate_tuning(S=power, sr=sample_rate, n_fft=n_fft)
+    filters = librosa.filters.chroma(sr=sample_rate, n_fft=n_fft, tuning=tuning)
+    return (filters @ power) / filters.sum(1)[:, None]
+
+
 def estimate_key(audio: np.ndarray, sample_rate: int) -> int:
     """The key ``0..23`` of mono ``audio`` whose chroma, summed over the whole recording,
     correlates best with a Krumhansl-Kessler profile rotated to a tonic; -1 for silence."""
@@ -66,9 +78,7 @@ def estimate_key(audio: np.ndarray, sample_rate: int) -> int:
     if x.size < 2048 or not np.isfinite(x).all() or not np.any(x):
         return -1
     power = np.abs(librosa.stft(x, n_fft=4096, hop_length=2048)) ** 2
-    tuning = librosa.estimate_tuning(S=power, sr=sample_rate, n_fft=4096)
-    filters = librosa.filters.chroma(sr=sample_rate, n_fft=4096, tuning=tuning)
-    profile = (filters @ power).sum(1) / filters.sum(1)
+    profile = balanced_chroma(power, sample_rate, 4096).sum(1)
     if not profile.any():
         return -1
     scores = [np.corrcoef(profile, np.roll(p, tonic))[0, 1]
@@ -76,15 +86,23 @@ def estimate_key(audio: np.ndarray, sample_rate: int) -> int:
     return int(np.nanargmax(scores))
 
 
-def key_features(keys: Tensor) -> Tensor:
-    """Keys ``(B,)`` (-1: none) -> ``(B, 24)`` float: the tonic one-hot, then the scale's pitch
-    classes; all zeros for -1."""
-    keys = torch.as_tensor(keys).long().reshape(-1)
+def _feature_table() -> Tensor:
+    """``(25, 24)``: the features of each key, then a row of zeros for "no key"."""
     table = torch.zeros(len(KEY_NAMES) + 1, KEY_FEATURES)
     for k in range(len(KEY_NAMES)):
         tonic = k % 12
         table[k, tonic] = 1.0
         for step in (MAJOR_SCALE if k < 12 else MINOR_SCALE):
             table[k, 12 + (tonic + step) % 12] = 1.0
-    idx = torch.where(keys < 0, len(KEY_NAMES), keys).cpu()
-    return table[idx].to(keys.device)
+    return table
+
+
+_FEATURES = _feature_table()  # built once: a keyed prior reads it at every sampled step
+
+
+def key_features(keys: Tensor) -> Tensor:
+    """Keys ``(B,)`` (-1: none) -> ``(B, 24)`` float: the tonic one-hot, then the scale's pitch
+    classes; all zeros for -1."""
+    keys = torch.as_tensor(keys).long().reshape(-1)
+    idx = torch.where(keys < 0, len(KEY_NAMES), keys)
+    return _FEATURES.to(keys.device)[idx]

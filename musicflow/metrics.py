@@ -138,14 +138,12 @@ def key_stability(x: np.ndarray, sample_rate: int, window: float = KEY_WINDOW,
     this ``hop``)."""
     import librosa
 
+    from flowsuite.musicflow.keys import balanced_chroma
+
     if spec is None:
         spec = np.abs(librosa.stft(np.asarray(x, np.float32), n_fft=CHROMA_FFT, hop_length=hop))
-    power = spec ** 2
-    tuning = librosa.estimate_tuning(S=power, sr=sample_rate, n_fft=CHROMA_FFT)
-    # The chroma filters do not weigh the 12 classes alike (up to 10% apart on white noise);
-    # dividing by their sums keeps that fixed pattern from reading as a key that never changes.
-    filters = librosa.filters.chroma(sr=sample_rate, n_fft=CHROMA_FFT, tuning=tuning)
-    chroma = (filters @ power) / filters.sum(1)[:, None]
+    # balanced: white noise would otherwise read as a key that never changes
+    chroma = balanced_chroma(spec ** 2, sample_rate, CHROMA_FFT)
     f = max(1, int(round(window * sample_rate / hop)))
     energy = spec.sum(0)
     rows, starts = [], []

@@ -261,7 +261,6 @@ class MelPrior(Configurable, nn.Module):
                          StandardNormal(d))
         self.mixture = ContextMixture(d, ctx, mixture, hid[:1]) if mixture else None
         self.carry = MLP(ctx, d, hidden=hid[:1]) if carry else None
-        self.keys = bool(keys)
         self.key_map = nn.Linear(KEY_FEATURES, hidden, bias=False) if keys else None
         if self.key_map is not None:
             nn.init.zeros_(self.key_map.weight)
@@ -286,6 +285,11 @@ class MelPrior(Configurable, nn.Module):
         model = cls(**{**source.config, **overrides})
         transfer_weights(source, model, "prior")
         return model.to(source.start.device)
+
+    @property
+    def keys(self) -> bool:
+        """Whether the prior conditions on the music's key (``keys=True``)."""
+        return self.key_map is not None
 
     @property
     def frames_per_second(self) -> float:
