@@ -269,17 +269,20 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
 # ------------------------------------------------------------------------------------- eval
 
 
-def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarray]:
+def _reference_clips(data_dir: Path, samples: int, count: int,
+                     style: str | None = None) -> list[np.ndarray]:
     """``count`` held-out clips of ``samples`` samples spread over the test split (or a plain
-    folder's files)."""
+    folder's files); with ``style``, over the files of that style only."""
     from flowsuite.cli.vocoder_cmds import _held_out
 
     data = _held_out(data_dir, samples)
-    if len(data) < 2:
-        raise FlowsuiteError(f"{data_dir} holds {len(data)} held-out clip(s) of "
+    index = data.indices(style)
+    if len(index) < 2:
+        what = f" of style {style}" if style is not None else ""
+        raise FlowsuiteError(f"{data_dir} holds {len(index)} held-out clip(s){what} of "
                              f"{samples / 22050:.1f} s; give more audio or lower --seconds")
-    picks = np.unique(np.linspace(0, len(data) - 1, min(count, len(data))).round().astype(int))
-    return [data[int(i)]["audio"].numpy() for i in picks]
+    picks = np.unique(np.linspace(0, len(index) - 1, min(count, len(index))).round().astype(int))
+    return [data[int(index[i])]["audio"].numpy() for i in picks]
 
 
 @eval_.command("music")
@@ -299,13 +302,17 @@ def _reference_clips(data_dir: Path, samples: int, count: int) -> list[np.ndarra
               help="Also write the figures here.")
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--style", default=None,
+              help="Generate in this style and compare with the held-out music of that style "
+                   "only (the manifest's style, or a plain folder's sub-folder name).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, sigma: float, json_path: Path | None,
-               device: str, seed: int, force: bool) -> None:
+               device: str, seed: int, style: str | None, force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
     (held-out clips against other held-out clips) and those clips vocoded from their mels (the
-    best the prior could do with this vocoder); lower is closer."""
+    best the prior could do with this vocoder); lower is closer. With --style, one style's
+    music on both sides."""
     from flowsuite.core.io import atomic_path, check_writable
     from flowsuite.musicflow.generator import MusicGenerator
     from flowsuite.musicflow.metrics import clip_statistics, music_distances, shaped_noise
@@ -322,14 +329,16 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     gen = MusicGenerator.from_pretrained(
         model_file(model_path) if model_path is not None else None,
         _vocoder_arg(vocoder_path), device=dev)
+    if style is not None:
+        gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
     rate = gen.sample_rate
     samples = round(seconds * rate)
-    held = _reference_clips(data_dir, samples, 2 * count)
+    held = _reference_clips(data_dir, samples, 2 * count, style)
     ref, other = held[0::2], held[1::2]
     n = len(ref)
     clips = {}
     with click.progressbar(range(n), label="generating", file=None) as bar:
-        clips["generated"] = [gen.generate(seconds, seed + i, temperature, sigma)[0]
+        clips["generated"] = [gen.generate(seconds, seed + i, temperature, sigma, style)[0]
                               for i in bar]
     # The other held-out clips through their mels and this vocoder: what a perfect prior would
     # score, so the gap to the ideal splits into the prior's part and the vocoder's.
@@ -347,8 +356,10 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
-              "metrics": metrics, "key_stability": keys}
-    click.echo(f"{n} clips of {seconds:g} s against {n} held-out clips (lower is closer)")
+              "style": style, "metrics": metrics, "key_stability": keys}
+    of_style = f" of style {style}" if style is not None else ""
+    click.echo(f"{n} clips{of_style} of {seconds:g} s against {n} held-out clips{of_style} "
+               f"(lower is closer)")
     names = list(metrics)
     click.echo(f"{'metric':<12}" + "".join(f"{k:>14}" for k in names))
     for m in ("mel_fd", "chroma_fd", "rhythm", "tonality"):

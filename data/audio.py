@@ -196,6 +196,19 @@ class AudioFolder(Dataset):
     def __len__(self) -> int:
         return int(self._first[-1])
 
+    def indices(self, style: str | None = None) -> np.ndarray:
+        """Dataset indices in order: all of them, or those of the files labelled ``style`` (a
+        name of :attr:`styles`; a ``FlowsuiteError`` names the known ones otherwise)."""
+        if style is None:
+            return np.arange(len(self))
+        if style not in self.styles:
+            known = ", ".join(self.styles) or "none"
+            raise FlowsuiteError(f"{self.root} has no style {style!r}; its styles: {known}")
+        label = self.styles.index(style)
+        parts = [np.arange(self._first[f], self._first[f + 1])
+                 for f, info in enumerate(self.files) if info.style == label]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
     def locate(self, index: int) -> tuple[int, int]:
         """``(file index, first sample of the segment at the dataset's rate, counted from the
         file's trimmed start)`` for a dataset index."""

@@ -114,6 +114,14 @@ def test_sub_folders_are_style_labels(tmp_path):
     assert labels == {"airs.wav": 0, "reels.wav": 1, "loose.wav": -1}
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["audio"].shape == (4, SR // 2)
+    # indices(style): the segments of that style's files only, in order
+    assert list(ds.indices()) == list(range(len(ds)))
+    for name in ("airs", "reels"):
+        picked = ds.indices(name)
+        assert len(picked) == 2
+        assert {ds[int(i)]["style"] for i in picked} == {ds.styles.index(name)}
+    with pytest.raises(FlowsuiteError, match="no style 'jigs'.*airs, reels"):
+        ds.indices("jigs")
 
 
 def test_bad_files_are_skipped_with_a_warning_each_and_a_summary(tmp_path):

@@ -528,6 +528,41 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
                    "--count", 1), "--count")
 
 
+def test_gen_eval_music_style_compares_one_style(models, tmp_path):
+    """--style generates in that style and takes the held-out clips of that style only."""
+    run, _ = models
+    root = tmp_path / "held"
+    (root / "audio").mkdir(parents=True)
+    plan = [("chorale", 4.2, [220.0, 262.0]), ("folk", 2.2, [523.0, 659.0]),
+            ("quartet", 1.2, [330.0])]  # folk and quartet too short for 4 one-second clips
+    with open(root / "manifest.jsonl", "w") as f:
+        for i, (style, secs, notes) in enumerate(plan):
+            name = f"audio/{i:02d}.wav"
+            sf.write(root / name, _chords(secs, notes, i), SR)
+            f.write(json.dumps({"file": name, "style": style, "split": "test"}) + "\n")
+    js = tmp_path / "e.json"
+    r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", root,
+                "--count", 2, "--seconds", 1, "--style", "chorale", "--json", js,
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "2 clips of style chorale" in r.output
+    res = json.loads(js.read_text())
+    assert res["style"] == "chorale" and res["reference_clips"] == 2
+    # the ideal pairs chorale clips with chorale clips: far closer than with the folk file
+    mixed = tmp_path / "m.json"
+    r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", root,
+                "--count", 2, "--seconds", 1, "--json", mixed, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert json.loads(mixed.read_text())["style"] is None
+    assert (res["metrics"]["ideal"]["mel_fd"]
+            < json.loads(mixed.read_text())["metrics"]["ideal"]["mel_fd"])
+    _fails(_invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", root,
+                   "--count", 2, "--seconds", 1, "--style", "quartet"),
+           "1 held-out clip(s) of style quartet")
+    _fails(_invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", root,
+                   "--style", "reel"), "unknown style 'reel'")
+
+
 def test_gen_eval_music_vocoded_baseline_is_near_the_ideal(models, music_set, tmp_path):
     """Held-out clips resynthesised through their own mels keep what the log-mel distance
     measures: with Griffin-Lim they land near the ideal, far closer than shaped noise or an
