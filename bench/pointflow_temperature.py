@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                 if real.category_of(i) == name][:a.count]
         for lt in a.latent_temperatures:
             for pt in a.point_temperatures:
-                # As `gen eval pointcloud` samples: batches of 16, seed + batch index.
+                # As `gen eval pointcloud` samples: batches of 16, seeds derived from (seed, batch).
                 gen = _generate(model, name, len(refs), a.points, a.seed, lt,
                                 point_temperature=pt).numpy().astype(np.float32)
                 r = evaluate(list(gen), refs, distances=("cd",))

@@ -301,7 +301,10 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Generated clip i is what `gen music --seed SEED+i` gives with the same "
+                   "options; for another set, step the seed by at least --count, or the sets "
+                   "share clips.")
 @click.option("--style", default=None,
               help="Generate in this style and compare with the held-out music of that style "
                    "only (the manifest's style, or a plain folder's sub-folder name).")

@@ -237,15 +237,22 @@ def _generate(model, category: int | str, count: int, points: int, seed: int,
               temperature: float, batch: int = 16, point_temperature: float | None = None,
               data_coordinates: bool = True):
     """``(count, points, 3)`` clouds on the CPU, in the data's coordinates (the model's with
-    ``data_coordinates=False``)."""
+    ``data_coordinates=False``).
+
+    The first batch is ``model.sample(..., seed=seed)``, so up to ``batch`` clouds are what the
+    API gives for that seed; later batches draw with seeds derived from ``(seed, k)``, so two
+    seeds share no cloud (with ``seed + k`` they did: seeds 0 and 1 shared all but one batch).
+    """
     import torch
+
+    from flowsuite.core.rng import derive_seed
 
     parts = []
     with torch.no_grad():
         for k, start in enumerate(range(0, count, batch)):
             n = min(batch, count - start)
-            # Each batch gets its own seed so the clouds do not depend on the batch size only.
-            parts.append(model.sample(category, n, points, seed=seed + k,
+            batch_seed = seed if k == 0 else derive_seed(seed, "pointcloud batch", k)
+            parts.append(model.sample(category, n, points, seed=batch_seed,
                                       temperature=temperature,
                                       point_temperature=_point_t(point_temperature)).cpu())
     clouds = torch.cat(parts)
