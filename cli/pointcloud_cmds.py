@@ -389,6 +389,11 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
 @click.option("--emd-method", default="auto", show_default=True,
               type=click.Choice(["auto", "exact", "clusters"]))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--draws", default=1, show_default=True, type=click.IntRange(1),
+              help="Evaluate this many independent draws (seeds SEED, SEED+1, ...: other "
+                   "generated shapes and other reference points each time) and report the mean "
+                   "and the standard deviation between them; one draw of 100 shapes moves a "
+                   "category's 1-NNA by several points.")
 @click.option("--point-temperature", default=None, type=float, help=_POINT_TEMPERATURE_HELP + ".")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
               help="Also write the results as JSON.")
@@ -397,8 +402,8 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | None,
                     count: int | None, points: int, normalization: str, emd_method: str, seed: int,
-                    point_temperature: float | None, json_out: Path | None, device: str,
-                    force: bool) -> None:
+                    draws: int, point_temperature: float | None, json_out: Path | None,
+                    device: str, force: bool) -> None:
     """Compare generated shapes with the test split (MMD, COV, 1-NNA with CD and EMD)."""
     import numpy as np
 
@@ -412,18 +417,23 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
     model = _load(model_path, device)
     wanted = [category] if category else model.categories
     model.category_ids(wanted)
-    test = open_shapes(data_dir, "test", wanted, "none", points, seed=seed)
     from tqdm import tqdm
 
-    results: dict[str, Any] = {}
-    for name in tqdm(test.categories, desc="evaluating", unit="category", leave=False,
-                     disable=None):
-        refs = [test[i]["points"].numpy() for i in range(len(test)) if test.category_of(i) == name]
-        n = count or len(refs)
-        gen = _generate(model, name, n, points, seed, 1.0, point_temperature=point_temperature)
-        results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
-                                 normalization=normalization, emd_method=emd_method)
-        results[name]["point_temperature"] = _point_t(point_temperature)
+    per_draw: list[dict[str, Any]] = []
+    for s in range(seed, seed + draws):
+        test = open_shapes(data_dir, "test", wanted, "none", points, seed=s)
+        results: dict[str, Any] = {}
+        for name in tqdm(test.categories, desc=f"evaluating (seed {s})", unit="category",
+                         leave=False, disable=None):
+            refs = [test[i]["points"].numpy() for i in range(len(test))
+                    if test.category_of(i) == name]
+            n = count or len(refs)
+            gen = _generate(model, name, n, points, s, 1.0, point_temperature=point_temperature)
+            results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
+                                     normalization=normalization, emd_method=emd_method)
+            results[name]["point_temperature"] = _point_t(point_temperature)
+        per_draw.append(results)
+    results = per_draw[0] if draws == 1 else _mean_of_draws(per_draw, seed)
     _print_table(results)
     if json_out is not None:
         with atomic_path(json_out, force=force) as tmp:
@@ -431,13 +441,43 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
         click.echo(f"wrote {json_out}")
 
 
+_METRICS = ["MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "COV-EMD", "1-NNA-EMD"]
+
+
+def _mean_of_draws(per_draw: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """One result per category from several draws: each metric's mean, its standard deviation
+    between draws under ``"sd"``, the draws themselves under ``"draws"``."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for name, first in per_draw[0].items():
+        r = dict(first)
+        r["seeds"] = list(range(seed, seed + len(per_draw)))
+        r["sd"] = {}
+        for m in _METRICS:
+            if m in first:
+                vals = np.array([d[name][m] for d in per_draw], dtype=float)
+                r[m], r["sd"][m] = float(vals.mean()), float(vals.std(ddof=1))
+        r["draws"] = [d[name] for d in per_draw]
+        out[name] = r
+    return out
+
+
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
-    cols = ["MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "COV-EMD", "1-NNA-EMD"]
+    cols = _METRICS
     click.echo(f"{'category':<12}{'gen':>5}{'ref':>5}" + "".join(f"{c:>11}" for c in cols))
     for name, r in results.items():
         vals = "".join(f"{r[c]:>11.4g}" if c in r else f"{'-':>11}" for c in cols)
         click.echo(f"{name:<12}{r['n_generated']:>5}{r['n_reference']:>5}{vals}")
     first = next(iter(results.values()), {})
+    if "sd" in first:
+        seeds = first["seeds"]
+        click.echo(f"means of {len(seeds)} draws (seeds {seeds[0]}-{seeds[-1]}); standard "
+                   "deviation between them:")
+        for name, r in results.items():
+            vals = "".join(f"{r['sd'][c]:>11.4g}" if c in r["sd"] else f"{'-':>11}"
+                           for c in cols)
+            click.echo(f"{name:<12}{'':>10}{vals}")
     click.echo(f"normalization: {first.get('normalization', '?')}")
     click.echo(f"EMD method: {first.get('emd_method', '?')}; COV and 1-NNA are fractions")
     if "point_temperature" in first:

@@ -271,6 +271,28 @@ def test_eval_prints_the_table_and_writes_json(trained, tmp_path):
     assert "clusters" in method and "measured error vs exact EMD" in method
 
 
+def test_eval_draws_reports_the_mean_and_spread_of_independent_draws(trained, tmp_path):
+    data, run = trained
+    args = ["eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
+            "--points", 64, "--count", 3, "--device", "cpu"]
+    one, many = tmp_path / "one.json", tmp_path / "many.json"
+    assert _run(*args, "--seed", 5, "--json", one).exit_code == 0
+    r = _run(*args, "--seed", 5, "--draws", 3, "--json", many)
+    assert r.exit_code == 0, r.output
+    assert "means of 3 draws (seeds 5-7)" in r.output
+    single, res = json.loads(one.read_text())["chair"], json.loads(many.read_text())["chair"]
+    assert res["seeds"] == [5, 6, 7] and len(res["draws"]) == 3
+    for m in ("MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "1-NNA-EMD"):
+        assert res["draws"][0][m] == pytest.approx(single[m])  # the first draw is --seed 5's
+        vals = [d[m] for d in res["draws"]]
+        assert res[m] == pytest.approx(np.mean(vals))
+        assert res["sd"][m] == pytest.approx(np.std(vals, ddof=1))
+    # Other seeds draw other shapes: the draws differ.
+    assert len({d["MMD-CD"] for d in res["draws"]}) == 3
+    bad = _run(*args, "--draws", 0)
+    assert bad.exit_code == 2 and "'--draws'" in bad.output and "Traceback" not in bad.output
+
+
 def _n_points(path: Path) -> int:
     return len(o3d.io.read_point_cloud(str(path)).points)
 
