@@ -305,13 +305,17 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
               help="Generated clip i is what `gen music --seed SEED+i` gives with the same "
                    "options; for another set, step the seed by at least --count, or the sets "
                    "share clips.")
+@click.option("--draws", type=click.IntRange(1), default=1, show_default=True,
+              help="Score this many disjoint sets of generated clips (draw d takes seeds "
+                   "SEED + d*COUNT onwards) against the same held-out clips and report their "
+                   "mean and standard deviation: one set of 8 clips moves mel_fd by 10-20%.")
 @click.option("--style", default=None,
               help="Generate in this style and compare with the held-out music of that style "
                    "only (the manifest's style, or a plain folder's sub-folder name).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, sigma: float, json_path: Path | None,
-               device: str, seed: int, style: str | None, force: bool) -> None:
+               device: str, seed: int, draws: int, style: str | None, force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
     (held-out clips against other held-out clips) and those clips vocoded from their mels (the
     best the prior could do with this vocoder); lower is closer. With --style, one style's
@@ -340,9 +344,10 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     ref, other = held[0::2], held[1::2]
     n = len(ref)
     clips = {}
-    with click.progressbar(range(n), label="generating", file=None) as bar:
-        clips["generated"] = [gen.generate(seconds, seed + i, temperature, sigma, style)[0]
-                              for i in bar]
+    seeds = [seed + d * n + i for d in range(draws) for i in range(n)]
+    with click.progressbar(seeds, label="generating", file=None) as bar:
+        generated = [gen.generate(seconds, s, temperature, sigma, style)[0] for s in bar]
+    clips["generated"] = generated[:n]
     # The other held-out clips through their mels and this vocoder: what a perfect prior would
     # score, so the gap to the ideal splits into the prior's part and the vocoder's.
     clips["vocoded"] = [gen.vocode(gen.prime_mel(x), samples, sigma, seed + i)
@@ -355,19 +360,35 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     metrics = {k: music_distances(v, ref_stats) for k, v in stats.items()}
     keys = {"held_out": float(ref_stats["tonality"].mean()),
             **{k: float(v["tonality"].mean()) for k, v in stats.items()}}
+    spread = None
+    if draws > 1:
+        per_draw = [stats["generated"]] + [clip_statistics(generated[d * n:(d + 1) * n], rate,
+                                                           front) for d in range(1, draws)]
+        each = [{**music_distances(st, ref_stats), "key_stability": float(st["tonality"].mean())}
+                for st in per_draw]
+        spread = {m: float(np.std([e[m] for e in each], ddof=1)) for m in each[0]}
+        metrics["generated"] = {m: float(np.mean([e[m] for e in each]))
+                                for m in metrics["generated"]}
+        keys["generated"] = float(np.mean([e["key_stability"] for e in each]))
     result = {"model": str(model_path or "shipped mel-prior"),
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
               "style": style, "metrics": metrics, "key_stability": keys}
+    if spread is not None:
+        result.update(draws=draws, generated_sd=spread, generated_draws=each)
     of_style = f" of style {style}" if style is not None else ""
-    click.echo(f"{n} clips{of_style} of {seconds:g} s against {n} held-out clips{of_style} "
-               f"(lower is closer)")
+    sets = f" (mean of {draws} sets, seeds {seed}-{seed + draws * n - 1})" if spread else ""
+    click.echo(f"{n} clips{of_style} of {seconds:g} s{sets} against {n} held-out "
+               f"clips{of_style} (lower is closer)")
     names = list(metrics)
-    click.echo(f"{'metric':<12}" + "".join(f"{k:>14}" for k in names))
-    for m in ("mel_fd", "chroma_fd", "rhythm", "tonality"):
-        click.echo(f"{m:<12}" + "".join(f"{metrics[k][m]:>14.4f}" for k in names))
-    click.echo(f"{'key_stab *':<12}" + "".join(f"{keys[k]:>14.4f}" for k in names))
+    sd_head = f"{'sd':>10}" if spread else ""
+    click.echo(f"{'metric':<12}{names[0]:>14}{sd_head}" + "".join(f"{k:>14}" for k in names[1:]))
+    for m in ("mel_fd", "chroma_fd", "rhythm", "tonality", "key_stability"):
+        vals = [keys[k] if m == "key_stability" else metrics[k][m] for k in names]
+        label = "key_stab *" if m == "key_stability" else m
+        sd = f"{spread[m]:>10.4f}" if spread else ""
+        click.echo(f"{label:<12}{vals[0]:>14.4f}{sd}" + "".join(f"{v:>14.4f}" for v in vals[1:]))
     click.echo(f"* the mean key stability per clip, not a distance (held-out clips: "
                f"{keys['held_out']:.4f}; 1: the same pitch classes throughout, 0: unrelated "
                f"from one second to those two or more seconds later)")

@@ -528,6 +528,34 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
                    "--count", 1), "--count")
 
 
+def test_gen_eval_music_draws_average_disjoint_clip_sets(models, music_set, tmp_path):
+    """--draws N scores N disjoint sets of generated clips (seeds SEED + d * COUNT onwards)
+    against the same held-out clips: each draw is what a single run at that seed gives."""
+    run, _ = models
+    base = ["eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", music_set,
+            "--count", 2, "--seconds", 1, "--device", "cpu"]
+    singles = []
+    for seed in (3, 5):
+        js = tmp_path / f"s{seed}.json"
+        assert _invoke(*base, "--seed", seed, "--json", js).exit_code == 0
+        singles.append(json.loads(js.read_text()))
+    js = tmp_path / "d.json"
+    r = _invoke(*base, "--seed", 3, "--draws", 2, "--json", js)
+    assert r.exit_code == 0, r.output
+    assert "mean of 2 sets, seeds 3-6" in r.output and " sd " in r.output
+    res = json.loads(js.read_text())
+    assert res["draws"] == 2 and len(res["generated_draws"]) == 2
+    for m in ("mel_fd", "chroma_fd", "rhythm", "tonality"):
+        each = [d[m] for d in res["generated_draws"]]
+        assert each == pytest.approx([s["metrics"]["generated"][m] for s in singles])
+        assert res["metrics"]["generated"][m] == pytest.approx(np.mean(each))
+        assert res["generated_sd"][m] == pytest.approx(np.std(each, ddof=1))
+        # the baselines do not depend on the draws
+        assert res["metrics"]["ideal"][m] == pytest.approx(singles[0]["metrics"]["ideal"][m])
+    assert res["key_stability"]["generated"] == pytest.approx(
+        np.mean([s["key_stability"]["generated"] for s in singles]))
+
+
 def test_gen_eval_music_style_compares_one_style(models, tmp_path):
     """--style generates in that style and takes the held-out clips of that style only."""
     run, _ = models
