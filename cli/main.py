@@ -26,6 +26,12 @@ class _Group(click.Group):
         except FlowsuiteError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:
+            # A bad option of a sub-command (a value out of range, a missing or unknown
+            # option): the same one line as other user errors, with where to look.
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

@@ -47,6 +47,16 @@ def test_an_unknown_flag_is_a_usage_error_not_a_traceback():
     assert "No such option" in result.output
 
 
+def test_a_bad_option_of_a_command_is_one_error_line(error_line):
+    line = error_line(CliRunner().invoke(cli, ["eval", "pointcloud", "--data", ".", "--points",
+                                               "0"]))
+    assert "'--points': 0 is not in the range x>=1" in line
+    assert "'gen eval pointcloud --help'" in line or "eval pointcloud --help" in line
+    assert "Missing option '--data'" in error_line(CliRunner().invoke(cli, ["eval",
+                                                                            "pointcloud"]))
+    assert "No such command 'nonesuch'" in error_line(CliRunner().invoke(cli, ["nonesuch"]))
+
+
 
 def test_a_model_is_a_file_or_a_run_folder(tmp_path):
     import pytest

@@ -21,6 +21,14 @@ def _run(cmd: list[str], out: Path, flat: bool = False) -> None:
     env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("LOCAL_RANK", None)
     proc = subprocess.run([*cmd, str(WORKER), str(out)], env=env, capture_output=True, text=True,
                           timeout=120)
+    if proc.returncode != 0 and "(SIGABRT)" in proc.stderr:
+        # Once in a few full-suite runs on 2 loaded cores a gloo rank died of SIGABRT (not
+        # reproduced in isolation); one more launch tells that apart from a real failure, which
+        # aborts again or fails the comparisons below.
+        first = proc.stderr[-1500:]
+        proc = subprocess.run([*cmd, str(WORKER), str(out)], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, first + "\n--- retried ---\n" + proc.stderr[-1500:]
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
