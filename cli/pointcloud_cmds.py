@@ -228,6 +228,20 @@ def _point_t(value: float | None) -> float:
     return value
 
 
+def _outlier_std(value: float | None) -> float | None:
+    """``--drop-outliers``' value, checked (``None``: keep every point)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise FlowsuiteError(f"--drop-outliers must be a finite number > 0 (standard "
+                             f"deviations), got {value}")
+    return value
+
+
+_DROP_OUTLIERS_HELP = ("Drop stray points: draw 25% more points and drop those whose mean "
+                       "distance to their 16 nearest neighbours is more than this many standard "
+                       "deviations above the cloud's mean (3 drops about 1%; it helps cars, chairs "
+                       "and sofas and costs airplanes' thin parts, see BENCHMARKS.md); default: "
+                       "keep every point.")
+
 _POINT_TEMPERATURE_HELP = ("Scale of each point's base noise (lower: points nearer the "
                            "surface, too low and they bunch); default: the model's "
                            "DEFAULT_POINT_TEMPERATURE")
@@ -235,7 +249,7 @@ _POINT_TEMPERATURE_HELP = ("Scale of each point's base noise (lower: points near
 
 def _generate(model, category: int | str, count: int, points: int, seed: int,
               temperature: float, batch: int = 16, point_temperature: float | None = None,
-              data_coordinates: bool = True):
+              data_coordinates: bool = True, outlier_std: float | None = None):
     """``(count, points, 3)`` clouds on the CPU, in the data's coordinates (the model's with
     ``data_coordinates=False``).
 
@@ -254,7 +268,8 @@ def _generate(model, category: int | str, count: int, points: int, seed: int,
             batch_seed = seed if k == 0 else derive_seed(seed, "pointcloud batch", k)
             parts.append(model.sample(category, n, points, seed=batch_seed,
                                       temperature=temperature,
-                                      point_temperature=_point_t(point_temperature)).cpu())
+                                      point_temperature=_point_t(point_temperature),
+                                      outlier_std=_outlier_std(outlier_std)).cpu())
     clouds = torch.cat(parts)
     return model.denormalize(clouds) if data_coordinates else clouds
 
@@ -278,6 +293,8 @@ def _generate(model, category: int | str, count: int, points: int, seed: int,
 @click.option("--temperature", default=1.0, show_default=True, type=float,
               help="Scale of the latent noise (lower: more typical shapes).")
 @click.option("--point-temperature", default=None, type=float, help=_POINT_TEMPERATURE_HELP + ".")
+@click.option("--drop-outliers", "outlier_std", default=None, type=float, metavar="STD",
+              help=_DROP_OUTLIERS_HELP)
 @click.option("--out", default=None, type=click.Path(path_type=Path),
               help="Output .ply (default: <category>.ply, <input>_resampled.ply or "
                    "interpolation.ply); several shapes go to <stem>_0.ply ... <stem>_{N-1}.ply.")
@@ -290,8 +307,9 @@ def _generate(model, category: int | str, count: int, points: int, seed: int,
 @click.option("--force", is_flag=True, help="Replace existing output files.")
 def pointcloud(model_path: Path | None, category: str | None, from_path: Path | None,
                interpolate: tuple[Path, Path] | None, steps: int, count: int, points: int,
-               seed: int, temperature: float, point_temperature: float | None, out: Path | None,
-               preview: Path | None, mesh: bool, device: str, force: bool) -> None:
+               seed: int, temperature: float, point_temperature: float | None,
+               outlier_std: float | None, out: Path | None, preview: Path | None, mesh: bool,
+               device: str, force: bool) -> None:
     """Generate point clouds of a category with a trained model (one .ply per shape), resample a
     given cloud (--from), or walk between two shapes (--interpolate)."""
     from flowsuite.core.io import check_writable
@@ -303,6 +321,7 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     if points < 1:
         raise FlowsuiteError(f"--points must be at least 1, got {points}")
     _point_t(point_temperature)
+    _outlier_std(outlier_std)
     if count < 1:
         raise FlowsuiteError(f"--count must be at least 1, got {count}")
     if interpolate is not None and steps < 2:
@@ -332,11 +351,12 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     clouds_in = [read_cloud(p, points=points, seed=seed) for p in inputs]
     model = _load(model_path, device)
     if category is not None:
-        clouds = _generate(model, category, count, points, seed,
-                           temperature, point_temperature=point_temperature)
+        clouds = _generate(model, category, count, points, seed, temperature,
+                           point_temperature=point_temperature, outlier_std=outlier_std)
         label = category
     else:
-        clouds = _encode_and_decode(model, clouds_in, points, steps, seed, point_temperature)
+        clouds = _encode_and_decode(model, clouds_in, points, steps, seed, point_temperature,
+                                    outlier_std)
         label = "resampled" if from_path is not None else "interpolation"
     for p, c in zip(paths, clouds, strict=True):
         write_ply(c, p, force=force)
@@ -354,7 +374,8 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
 
 
 def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
-                       point_temperature: float | None = None):
+                       point_temperature: float | None = None,
+                       outlier_std: float | None = None):
     """One cloud: its reconstruction with ``points`` points; two: ``steps`` shapes between them.
     Inputs and outputs are in the data's coordinates, ``(K, points, 3)`` on the CPU."""
     import torch
@@ -363,10 +384,12 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
     with torch.no_grad():
         if len(xs) == 1:
             out = model.reconstruct(xs[0], n_points=points, seed=seed,
-                                    point_temperature=_point_t(point_temperature))[None]
+                                    point_temperature=_point_t(point_temperature),
+                                    outlier_std=_outlier_std(outlier_std))[None]
         else:
             out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed,
-                                    point_temperature=_point_t(point_temperature))
+                                    point_temperature=_point_t(point_temperature),
+                                    outlier_std=_outlier_std(outlier_std))
     return model.denormalize(out.cpu())
 
 
@@ -395,6 +418,8 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
                    "and the standard deviation between them; one draw of 100 shapes moves a "
                    "category's 1-NNA by several points.")
 @click.option("--point-temperature", default=None, type=float, help=_POINT_TEMPERATURE_HELP + ".")
+@click.option("--drop-outliers", "outlier_std", default=None, type=float, metavar="STD",
+              help=_DROP_OUTLIERS_HELP)
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
               help="Also write the results as JSON.")
 @click.option("--device", default="auto", show_default=True,
@@ -402,8 +427,8 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | None,
                     count: int | None, points: int, normalization: str, emd_method: str, seed: int,
-                    draws: int, point_temperature: float | None, json_out: Path | None,
-                    device: str, force: bool) -> None:
+                    draws: int, point_temperature: float | None, outlier_std: float | None,
+                    json_out: Path | None, device: str, force: bool) -> None:
     """Compare generated shapes with the test split (MMD, COV, 1-NNA with CD and EMD)."""
     import numpy as np
 
@@ -414,6 +439,7 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
     if json_out is not None:
         check_writable(json_out, force)
     _point_t(point_temperature)
+    _outlier_std(outlier_std)
     model = _load(model_path, device)
     wanted = [category] if category else model.categories
     model.category_ids(wanted)
@@ -428,10 +454,13 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
             refs = [test[i]["points"].numpy() for i in range(len(test))
                     if test.category_of(i) == name]
             n = count or len(refs)
-            gen = _generate(model, name, n, points, s, 1.0, point_temperature=point_temperature)
+            gen = _generate(model, name, n, points, s, 1.0, point_temperature=point_temperature,
+                            outlier_std=outlier_std)
             results[name] = evaluate(list(gen.numpy().astype(np.float32)), refs,
                                      normalization=normalization, emd_method=emd_method)
             results[name]["point_temperature"] = _point_t(point_temperature)
+            if outlier_std is not None:
+                results[name]["drop_outliers"] = outlier_std
         per_draw.append(results)
     results = per_draw[0] if draws == 1 else _mean_of_draws(per_draw, seed)
     _print_table(results)
@@ -482,3 +511,5 @@ def _print_table(results: dict[str, dict[str, Any]]) -> None:
     click.echo(f"EMD method: {first.get('emd_method', '?')}; COV and 1-NNA are fractions")
     if "point_temperature" in first:
         click.echo(f"point temperature: {first['point_temperature']:g}")
+    if "drop_outliers" in first:
+        click.echo(f"stray points dropped beyond {first['drop_outliers']:g} standard deviations")

@@ -39,8 +39,41 @@ _LOG_2PI_E = math.log(2 * math.pi) + 1.0
 # 0.9 gains under a point of 1-NNA-CD but loses 5 of 1-NNA-EMD, as the points leave thin parts.
 DEFAULT_POINT_TEMPERATURE = 1.0
 
+# Stray points: a flow moves its base density continuously, so a few points land between a
+# shape's parts or off its surface. ``outlier_std`` (``--drop-outliers``) draws OUTLIER_OVERSAMPLE
+# times the points, drops those whose mean distance to their OUTLIER_NEIGHBOURS nearest lies more
+# than ``outlier_std`` standard deviations above the cloud's mean, and keeps the asked number of
+# the rest at random. Off by default: at 3 it drops about 1% of the points and brings 1-NNA-CD down
+# for cars, chairs and sofas but up for airplanes, whose thin wing tips it takes for strays
+# (BENCHMARKS.md, "Stray points").
+OUTLIER_OVERSAMPLE = 1.25
+OUTLIER_NEIGHBOURS = 16
+
 # A category: its id, its name in ``model.categories``, or one id or name per shape.
 Category = int | str | Tensor | Sequence[int] | Sequence[str]
+
+
+def drop_outliers(clouds: Tensor, points: int, std: float, keys: Tensor) -> Tensor:
+    """``clouds (B, M, 3)`` -> ``(B, points, 3)``, ``points <= M``: drops the points whose mean
+    distance to their ``OUTLIER_NEIGHBOURS`` nearest is over the cloud's mean of it plus ``std``
+    standard deviations, then keeps the ``points`` of the rest with the smallest ``keys (B, M)``
+    (uniform numbers: the same keys keep the same points). When too few are left, the least
+    outlying of the dropped ones fill up."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    m = clouds.shape[1]
+    if m < 3:
+        return clouds[:, :points]
+    k = min(OUTLIER_NEIGHBOURS, m - 1)
+    xs = clouds.detach().float().cpu().numpy()
+    dist = np.stack([cKDTree(c).query(c, k + 1)[0][:, 1:].mean(1) for c in xs])
+    d = torch.from_numpy(dist).to(clouds.device)
+    far = d > d.mean(1, keepdim=True) + std * d.std(1, keepdim=True)
+    rank = torch.where(far, 2.0 + d / d.amax(1, keepdim=True).clamp_min(1e-30),
+                       keys.to(d.dtype))
+    keep = rank.argsort(1)[:, :points]
+    return torch.gather(clouds, 1, keep.unsqueeze(-1).expand(-1, -1, clouds.shape[2]))
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -294,6 +327,13 @@ class PointFlowModel(nn.Module):
         return int(value)
 
     @staticmethod
+    def _outlier_std(value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise FlowsuiteError(f"outlier_std must be a finite number > 0 (or None: keep every "
+                                 f"point), got {value!r}")
+        return None if value is None else float(value)
+
+    @staticmethod
     def _temperature(value: float, name: str = "temperature") -> float:
         if not math.isfinite(value) or value < 0:
             raise FlowsuiteError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -412,13 +452,17 @@ class PointFlowModel(nn.Module):
     @torch.no_grad()
     def decode(self, z: Tensor, points: int = 2048,
                point_temperature: float = DEFAULT_POINT_TEMPERATURE,
-               generator: torch.Generator | None = None, shared_noise: bool = False) -> Tensor:
+               generator: torch.Generator | None = None, shared_noise: bool = False,
+               outlier_std: float | None = None) -> Tensor:
         """Points from the point flow given latents ``z (B, D)``: ``(B, points, 3)``.
 
         ``shared_noise`` draws one set of base points for every latent (smooth interpolations).
+        ``outlier_std``: drop stray points (see ``OUTLIER_OVERSAMPLE``; ``None``: keep all).
         """
-        points = self._positive(points, "points")
+        wanted = self._positive(points, "points")
         t = self._temperature(point_temperature, "point_temperature")
+        std = self._outlier_std(outlier_std)
+        points = wanted if std is None else math.ceil(wanted * OUTLIER_OVERSAMPLE)
         b = z.shape[0]
         context = self._point_context(z)
         base = self.point_flow.base
@@ -434,25 +478,32 @@ class PointFlowModel(nn.Module):
         else:
             eps = self.point_mixture.sample(context, t, generator, (points,))
         x, _ = self.point_flow.bijection.inverse(eps.to(z.dtype), context)
+        if std is not None:
+            keys = torch.rand(1 if shared_noise else b, points, generator=generator,
+                              device=z.device).expand(b, -1)
+            x = drop_outliers(x, wanted, std, keys)
         return x
 
     @torch.no_grad()
     def sample(self, category: Category, count: int = 1, points: int = 2048,
                seed: int | None = None, temperature: float = 1.0,
-               point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
+               point_temperature: float = DEFAULT_POINT_TEMPERATURE,
+               outlier_std: float | None = None) -> Tensor:
         """Generates ``count`` shapes of ``category`` (an id or a name of ``model.categories``,
         or one per shape) with ``points`` points each: ``(count, points, 3)`` in the model's
         coordinates (:meth:`denormalize` gives the data's). The same seed gives the same
-        clouds."""
+        clouds. ``outlier_std`` (e.g. 3) drops stray points (:func:`drop_outliers`)."""
         gen = _generator(seed, self.device)
         z = self.sample_latent(category, count, temperature, gen)
-        return self.decode(z, points, point_temperature, gen)
+        return self.decode(z, points, point_temperature, gen, outlier_std=outlier_std)
 
     @torch.no_grad()
     def reconstruct(self, points: Tensor, n_points: int | None = None, seed: int | None = None,
-                    point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
+                    point_temperature: float = DEFAULT_POINT_TEMPERATURE,
+                    outlier_std: float | None = None) -> Tensor:
         """Encodes clouds (posterior mean) and samples ``n_points`` new points for each (the
-        input's count by default; more points upsample the cloud).
+        input's count by default; more points upsample the cloud); ``outlier_std`` as in
+        :meth:`sample`.
 
         ``(N, 3) -> (n_points, 3)`` or ``(B, N, 3) -> (B, n_points, 3)``.
         """
@@ -462,16 +513,18 @@ class PointFlowModel(nn.Module):
         x = self._points(points)
         mean, _ = self.encode(x)
         out = self.decode(mean, n_points or x.shape[1], point_temperature,
-                          _generator(seed, self.device))
+                          _generator(seed, self.device), outlier_std=outlier_std)
         return out[0] if single else out
 
     @torch.no_grad()
     def interpolate(self, a: Tensor, b: Tensor, steps: int = 8, n_points: int = 2048,
                     seed: int | None = None,
-                    point_temperature: float = DEFAULT_POINT_TEMPERATURE) -> Tensor:
+                    point_temperature: float = DEFAULT_POINT_TEMPERATURE,
+                    outlier_std: float | None = None) -> Tensor:
         """Decodes ``steps`` latents on the line between the posterior means of clouds ``a`` and
         ``b`` (each ``(N, 3)``), with the same base points at every step: ``(steps, n_points,
-        3)``; the first and last are reconstructions of ``a`` and ``b``."""
+        3)``; the first and last are reconstructions of ``a`` and ``b``. ``outlier_std`` as in
+        :meth:`sample` (the same points are kept at every step but the strays of each)."""
         steps = self._positive(steps, "steps")
         za, _ = self.encode(self._points(a, "a"))
         zb, _ = self.encode(self._points(b, "b"))
@@ -480,4 +533,4 @@ class PointFlowModel(nn.Module):
         w = torch.linspace(0, 1, steps, device=self.device, dtype=za.dtype).unsqueeze(1)
         z = (1 - w) * za + w * zb
         return self.decode(z, n_points, point_temperature, _generator(seed, self.device),
-                           shared_noise=True)
+                           shared_noise=True, outlier_std=outlier_std)

@@ -373,6 +373,33 @@ def test_point_temperature_scales_the_points_noise(trained, tmp_path, error_line
     assert json.loads(js.read_text())["chair"]["point_temperature"] == 0.5
 
 
+def test_drop_outliers_option(trained, tmp_path, error_line):
+    """--drop-outliers keeps the asked number of points in every mode and is recorded by eval; a
+    value that is not a positive number is one error line, before anything is written."""
+    data, run = trained
+    src = next((data / "chair" / "train").glob("*.npy"))
+    for mode, out in ((["--category", "chair"], "s.ply"), (["--from", src], "r.ply"),
+                      (["--interpolate", src, src, "--steps", 2], "i.ply")):
+        r = _run("pointcloud", "--model", run, *mode, "--points", 40, "--drop-outliers", 3,
+                 "--out", tmp_path / out, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        first = tmp_path / (out if "--steps" not in mode else out.replace(".", "_0."))
+        assert np.asarray(o3d.io.read_point_cloud(str(first)).points).shape == (40, 3)
+    for bad in ("0", "-2", "nan"):
+        assert "--drop-outliers" in error_line(
+            _run("pointcloud", "--model", run, "--category", "chair", "--drop-outliers", bad,
+                 "--out", tmp_path / "bad.ply"))
+        assert "--drop-outliers" in error_line(
+            _run("eval", "pointcloud", "--model", run, "--data", data, "--drop-outliers", bad))
+    assert not (tmp_path / "bad.ply").exists()
+    js = tmp_path / "e.json"
+    r = _run("eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
+             "--points", 64, "--drop-outliers", 2.5, "--json", js, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "beyond 2.5 standard deviations" in r.output
+    assert json.loads(js.read_text())["chair"]["drop_outliers"] == 2.5
+
+
 def test_precision_option_sets_the_trainers_autocast(trained, tmp_path):
     """--precision bf16 trains under bfloat16 autocast on the CPU (weights stay float32), fp32
     turns autocast off, auto leaves the trainer's choice (bf16 on CUDA only)."""

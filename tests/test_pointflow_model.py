@@ -12,7 +12,7 @@ import torch
 from flowsuite.core import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
 from flowsuite.pointflow.metrics import chamfer_distance
-from flowsuite.pointflow.model import PointFlowModel
+from flowsuite.pointflow.model import OUTLIER_OVERSAMPLE, PointFlowModel, drop_outliers
 
 TINY = dict(latent_dim=8, encoder_width=32, point_steps=4, point_hidden=(32, 32),
             latent_steps=2, latent_hidden=(32,), category_dim=4, softflow_max_noise=0.02)
@@ -167,6 +167,46 @@ def test_sampling_sizes_and_seeds():
     assert model.sample(torch.tensor([0, 1]), count=2, points=10).shape == (2, 10, 3)
     cold = model.sample(0, count=2, points=50, seed=1, temperature=0.0, point_temperature=0.0)
     assert torch.allclose(cold[0], cold[1]) and torch.allclose(cold[0], cold[0, :1].expand(50, 3))
+
+
+def test_drop_outliers_takes_the_strays_and_keeps_the_rest_at_random():
+    g = torch.Generator().manual_seed(0)
+    surface = plane(2, 500, g)                      # two clouds on planes, spacing ~0.05
+    strays = torch.tensor([[0.0, 0.6, 0.0], [0.3, -0.7, -0.2], [-0.5, 1.2, 0.5]])  # off y = 0
+    clouds = torch.cat([surface, strays.expand(2, -1, -1)], 1)
+    keys = torch.rand(2, 503, generator=g)
+    kept = drop_outliers(clouds, 400, 3.0, keys)
+    assert kept.shape == (2, 400, 3)
+    for c, k in zip(clouds, kept, strict=True):
+        # every kept point is an input point on the surface, each at most once
+        idx = torch.cdist(k, c).argmin(1)
+        assert torch.equal(c[idx], k) and len(set(idx.tolist())) == 400
+        assert bool((idx < 500).all())
+    # which surface points stay follows the keys: the 400 smallest among the inliers
+    assert torch.equal(kept[0], clouds[0, keys[0, :500].argsort()[:400]])
+    # all points asked for: the strays are the last to fill up
+    full = drop_outliers(clouds, 503, 3.0, keys)
+    assert torch.equal(full[:, -3:].sort(1).values, strays.expand(2, -1, -1).sort(1).values)
+
+
+def test_sampling_with_stray_points_dropped():
+    model = PointFlowModel(3, **TINY).eval()
+    _randomize(model)
+    a = model.sample(1, count=2, points=40, seed=3, outlier_std=3.0)
+    assert a.shape == (2, 40, 3) and torch.equal(
+        a, model.sample(1, count=2, points=40, seed=3, outlier_std=3.0))
+    # the points come from the oversampled draw of the same latents
+    g = torch.Generator().manual_seed(3)
+    drawn = model.decode(model.sample_latent(1, 2, generator=g),
+                         math.ceil(40 * OUTLIER_OVERSAMPLE), generator=g)
+    assert all(bool((x[:, None] == y[None]).all(-1).any(1).all())
+               for x, y in zip(a, drawn, strict=True))
+    assert model.reconstruct(a[0], n_points=30, seed=0, outlier_std=2.0).shape == (30, 3)
+    path = model.interpolate(a[0], a[1], steps=3, n_points=25, seed=0, outlier_std=3.0)
+    assert path.shape == (3, 25, 3)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(FlowsuiteError, match="outlier_std"):
+            model.sample(1, count=1, points=10, outlier_std=bad)
 
 
 def test_categories_by_name_and_the_data_coordinates():
