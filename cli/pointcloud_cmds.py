@@ -238,9 +238,9 @@ def _outlier_std(value: float | None) -> float | None:
 
 _DROP_OUTLIERS_HELP = ("Drop stray points: draw 25% more points and drop those whose mean "
                        "distance to their 16 nearest neighbours is more than this many standard "
-                       "deviations above the cloud's mean (3 drops about 1%; it helps cars, chairs "
-                       "and sofas and costs airplanes' thin parts, see BENCHMARKS.md); default: "
-                       "keep every point.")
+                       "deviations above the cloud's mean (3 drops about 1%: it helps the shipped "
+                       "model's cars, not the other categories, see BENCHMARKS.md); default: keep "
+                       "every point.")
 
 _POINT_TEMPERATURE_HELP = ("Scale of each point's base noise (lower: points nearer the "
                            "surface, too low and they bunch); default: the model's "
