@@ -339,38 +339,55 @@ def test_modes_and_inputs_are_checked(trained, tmp_path, error_line):
                                          "--steps", 1))
 
 
+def _each_mode(run, src, tmp_path, points: int, *options) -> list[np.ndarray]:
+    """The first cloud written by a sample, a resample and an interpolation with ``options``."""
+    clouds = []
+    for mode, out in ((["--category", "chair"], "s.ply"), (["--from", src], "r.ply"),
+                      (["--interpolate", src, src, "--steps", 2], "i.ply")):
+        r = _run("pointcloud", "--model", run, *mode, "--points", points, *options,
+                 "--out", tmp_path / out, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        first = tmp_path / (out if "--steps" not in mode else out.replace(".", "_0."))
+        clouds.append(np.asarray(o3d.io.read_point_cloud(str(first)).points))
+    return clouds
+
+
+def _refused(run, data, tmp_path, error_line, option: str, values) -> None:
+    """Each bad value of ``option`` is one error line naming it, from `gen pointcloud` and
+    `gen eval pointcloud`, and nothing is written."""
+    for bad in values:
+        assert option in error_line(
+            _run("pointcloud", "--model", run, "--category", "chair", option, bad,
+                 "--out", tmp_path / "bad.ply"))
+        assert option in error_line(
+            _run("eval", "pointcloud", "--model", run, "--data", data, option, bad))
+    assert not (tmp_path / "bad.ply").exists()
+
+
+def _eval_with(run, data, tmp_path, *options) -> tuple[str, dict]:
+    """`gen eval pointcloud` of the chairs with ``options``: its output and its JSON's chairs."""
+    js = tmp_path / "e.json"
+    r = _run("eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
+             "--points", 64, *options, "--json", js, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    return r.output, json.loads(js.read_text())["chair"]
+
+
 def test_point_temperature_scales_the_points_noise(trained, tmp_path, error_line):
     """At point temperature 0 every point of a shape comes from the base's mode, so a sampled,
     resampled or interpolated cloud collapses to one point; a negative value is refused before
     anything is written."""
     data, run = trained
     src = next((data / "chair" / "train").glob("*.npy"))
-    for mode, out in ((["--category", "chair"], "s.ply"), (["--from", src], "r.ply"),
-                      (["--interpolate", src, src, "--steps", 2], "i.ply")):
-        r = _run("pointcloud", "--model", run, *mode, "--points", 32, "--point-temperature", 0,
-                 "--out", tmp_path / out, "--device", "cpu")
-        assert r.exit_code == 0, r.output
-        first = tmp_path / (out if "--steps" not in mode else out.replace(".", "_0."))
-        pts = np.asarray(o3d.io.read_point_cloud(str(first)).points)
+    for pts in _each_mode(run, src, tmp_path, 32, "--point-temperature", 0):
         assert pts.shape == (32, 3) and np.ptp(pts, axis=0).max() < 1e-4
     r = _run("pointcloud", "--model", run, "--category", "chair", "--points", 32,
              "--point-temperature", 1, "--out", tmp_path / "one.ply", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert np.ptp(np.asarray(o3d.io.read_point_cloud(str(tmp_path / "one.ply")).points)) > 1e-2
-    for bad in ("-1", "nan"):
-        assert "--point-temperature" in error_line(
-            _run("pointcloud", "--model", run, "--category", "chair", "--point-temperature",
-                 bad, "--out", tmp_path / "bad.ply"))
-        assert "--point-temperature" in error_line(
-            _run("eval", "pointcloud", "--model", run, "--data", data, "--point-temperature",
-                 bad))
-    assert not (tmp_path / "bad.ply").exists()
-    js = tmp_path / "e.json"
-    r = _run("eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
-             "--points", 64, "--point-temperature", 0.5, "--json", js, "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    assert "point temperature: 0.5" in r.output
-    assert json.loads(js.read_text())["chair"]["point_temperature"] == 0.5
+    _refused(run, data, tmp_path, error_line, "--point-temperature", ("-1", "nan"))
+    output, chairs = _eval_with(run, data, tmp_path, "--point-temperature", 0.5)
+    assert "point temperature: 0.5" in output and chairs["point_temperature"] == 0.5
 
 
 def test_drop_outliers_option(trained, tmp_path, error_line):
@@ -378,26 +395,11 @@ def test_drop_outliers_option(trained, tmp_path, error_line):
     value that is not a positive number is one error line, before anything is written."""
     data, run = trained
     src = next((data / "chair" / "train").glob("*.npy"))
-    for mode, out in ((["--category", "chair"], "s.ply"), (["--from", src], "r.ply"),
-                      (["--interpolate", src, src, "--steps", 2], "i.ply")):
-        r = _run("pointcloud", "--model", run, *mode, "--points", 40, "--drop-outliers", 3,
-                 "--out", tmp_path / out, "--device", "cpu")
-        assert r.exit_code == 0, r.output
-        first = tmp_path / (out if "--steps" not in mode else out.replace(".", "_0."))
-        assert np.asarray(o3d.io.read_point_cloud(str(first)).points).shape == (40, 3)
-    for bad in ("0", "-2", "nan"):
-        assert "--drop-outliers" in error_line(
-            _run("pointcloud", "--model", run, "--category", "chair", "--drop-outliers", bad,
-                 "--out", tmp_path / "bad.ply"))
-        assert "--drop-outliers" in error_line(
-            _run("eval", "pointcloud", "--model", run, "--data", data, "--drop-outliers", bad))
-    assert not (tmp_path / "bad.ply").exists()
-    js = tmp_path / "e.json"
-    r = _run("eval", "pointcloud", "--model", run, "--data", data, "--category", "chair",
-             "--points", 64, "--drop-outliers", 2.5, "--json", js, "--device", "cpu")
-    assert r.exit_code == 0, r.output
-    assert "beyond 2.5 standard deviations" in r.output
-    assert json.loads(js.read_text())["chair"]["drop_outliers"] == 2.5
+    for pts in _each_mode(run, src, tmp_path, 40, "--drop-outliers", 3):
+        assert pts.shape == (40, 3)
+    _refused(run, data, tmp_path, error_line, "--drop-outliers", ("0", "-2", "nan"))
+    output, chairs = _eval_with(run, data, tmp_path, "--drop-outliers", 2.5)
+    assert "beyond 2.5 standard deviations" in output and chairs["drop_outliers"] == 2.5
 
 
 def test_precision_option_sets_the_trainers_autocast(trained, tmp_path):
