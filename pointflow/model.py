@@ -67,7 +67,9 @@ def drop_outliers(clouds: Tensor, points: int, std: float, keys: Tensor) -> Tens
         return clouds[:, :points]
     k = min(OUTLIER_NEIGHBOURS, m - 1)
     xs = clouds.detach().float().cpu().numpy()
-    dist = np.stack([cKDTree(c).query(c, k + 1)[0][:, 1:].mean(1) for c in xs])
+    # a cloud with non-finite points (a diverged model) is passed on unfiltered
+    dist = np.stack([cKDTree(c).query(c, k + 1)[0][:, 1:].mean(1) if np.isfinite(c).all()
+                     else np.zeros(m) for c in xs])
     d = torch.from_numpy(dist).to(clouds.device)
     far = d > d.mean(1, keepdim=True) + std * d.std(1, keepdim=True)
     rank = torch.where(far, 2.0 + d / d.amax(1, keepdim=True).clamp_min(1e-30),

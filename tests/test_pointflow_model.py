@@ -187,6 +187,10 @@ def test_drop_outliers_takes_the_strays_and_keeps_the_rest_at_random():
     # all points asked for: the strays are the last to fill up
     full = drop_outliers(clouds, 503, 3.0, keys)
     assert torch.equal(full[:, -3:].sort(1).values, strays.expand(2, -1, -1).sort(1).values)
+    # a diverged cloud is kept as drawn (no KD-tree over NaN), the finite one still filtered
+    clouds[1, 7] = float("nan")
+    mixed = drop_outliers(clouds, 400, 3.0, keys)
+    assert torch.equal(mixed[0], kept[0]) and int(mixed[1].isnan().any(-1).sum()) <= 1
 
 
 def test_sampling_with_stray_points_dropped():
