@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     source = _load(a.model, "cpu")
     train_set, val_set = open_sets(a.data, source.categories, a.points_per_shape, a.seed,
                                    stats=source.stats)
-    c = train_set.categories.index(a.category)
+    if a.category not in train_set.categories:
+        p.error(f"--category {a.category} is not among {', '.join(train_set.categories)}")
     labels = np.array([train_set.category_of(i) for i in range(len(train_set))])
-    extra = np.flatnonzero(labels == train_set.categories[c])
+    extra = np.flatnonzero(labels == a.category)
     indices = np.concatenate([np.arange(len(train_set))] + [extra] * (a.weight - 1))
     print(f"{len(train_set)} training shapes -> {len(indices)} ({a.category} x{a.weight})")
     model = PointFlowModel.from_trained(source).train()

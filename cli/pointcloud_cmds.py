@@ -228,12 +228,12 @@ def _point_t(value: float | None) -> float:
     return value
 
 
-def _outlier_std(value: float | None) -> float | None:
-    """``--drop-outliers``' value, checked (``None``: keep every point)."""
+def _check_outlier_std(value: float | None) -> None:
+    """Refuses a bad ``--drop-outliers`` before anything is loaded (``None``: keep every
+    point); the model checks ``outlier_std`` again, but its error names the API argument."""
     if value is not None and not (math.isfinite(value) and value > 0):
         raise FlowsuiteError(f"--drop-outliers must be a finite number > 0 (standard "
                              f"deviations), got {value}")
-    return value
 
 
 _DROP_OUTLIERS_HELP = ("Drop stray points: draw 25% more points and drop those whose mean "
@@ -269,7 +269,7 @@ def _generate(model, category: int | str, count: int, points: int, seed: int,
             parts.append(model.sample(category, n, points, seed=batch_seed,
                                       temperature=temperature,
                                       point_temperature=_point_t(point_temperature),
-                                      outlier_std=_outlier_std(outlier_std)).cpu())
+                                      outlier_std=outlier_std).cpu())
     clouds = torch.cat(parts)
     return model.denormalize(clouds) if data_coordinates else clouds
 
@@ -321,7 +321,7 @@ def pointcloud(model_path: Path | None, category: str | None, from_path: Path | 
     if points < 1:
         raise FlowsuiteError(f"--points must be at least 1, got {points}")
     _point_t(point_temperature)
-    _outlier_std(outlier_std)
+    _check_outlier_std(outlier_std)
     if count < 1:
         raise FlowsuiteError(f"--count must be at least 1, got {count}")
     if interpolate is not None and steps < 2:
@@ -385,11 +385,11 @@ def _encode_and_decode(model, clouds: list, points: int, steps: int, seed: int,
         if len(xs) == 1:
             out = model.reconstruct(xs[0], n_points=points, seed=seed,
                                     point_temperature=_point_t(point_temperature),
-                                    outlier_std=_outlier_std(outlier_std))[None]
+                                    outlier_std=outlier_std)[None]
         else:
             out = model.interpolate(xs[0], xs[1], steps=steps, n_points=points, seed=seed,
                                     point_temperature=_point_t(point_temperature),
-                                    outlier_std=_outlier_std(outlier_std))
+                                    outlier_std=outlier_std)
     return model.denormalize(out.cpu())
 
 
@@ -439,7 +439,7 @@ def eval_pointcloud(model_path: Path | None, data_dir: Path, category: str | Non
     if json_out is not None:
         check_writable(json_out, force)
     _point_t(point_temperature)
-    _outlier_std(outlier_std)
+    _check_outlier_std(outlier_std)
     model = _load(model_path, device)
     wanted = [category] if category else model.categories
     model.category_ids(wanted)
