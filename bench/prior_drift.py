@@ -11,7 +11,10 @@ script measures that **band contrast** (the mean over frames and neighbouring ba
 * ``unprimed``: free-running clips from the start vector, per 5 s window up to ``--seconds``;
 
 at each ``--temperatures``, with the curvature across bands, the log-mel level (mean and
-10/50/90% quantiles) and the share of values below -7 (dark) beside it. A prior whose
+10/50/90% quantiles), the share of values below -7 (dark), the median level per window (a prior
+that brightens as it runs climbs window by window) and the mel onset rate (`prior_onsets.py`'s
+``mel_onsets``) beside it. ``--by-style`` measures each style the prior knows on its own: crops
+of that style's held-out files, primed and unprimed samples asked for that style. A prior whose
 teacher-forced steps keep the truth's contrast but whose free-running steps lose it within a
 second or two suffers from exposure bias (it never read its own samples in training), which
 ``gen train prior --self-feed``, ``--rollout`` and ``--context-smear`` address
@@ -19,6 +22,9 @@ second or two suffers from exposure bias (it never read its own samples in train
 
     OMP_NUM_THREADS=1 python bench/prior_drift.py --model data/models/mel-prior.safetensors \\
         --model /work/runs/prior-c4k --out bench/results/prior_drift.json
+    python bench/prior_drift.py --model data/models/mel-prior.safetensors --data music8 \\
+        --by-style --temperatures 0.7 --count 12 --continue-seconds 8 --seconds 12 \\
+        --out bench/results/prior_drift_styles.json
 """
 
 from __future__ import annotations
@@ -37,6 +43,11 @@ from flowsuite.cli.common import model_file
 from flowsuite.core.checkpoint import load_model
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.prior_train import MelCorpus
+
+try:  # run as a script from bench/ or from the repository root
+    from prior_onsets import mel_onsets
+except ImportError:  # pragma: no cover
+    from bench.prior_onsets import mel_onsets
 
 
 def band_contrast(mel: torch.Tensor) -> torch.Tensor:
@@ -64,12 +75,27 @@ def windows(curve: torch.Tensor, width: int) -> list[float]:
     return [round(float(curve[k * width:(k + 1) * width].mean()), 4) for k in range(n)]
 
 
-def held_out_crops(corpus: MelCorpus, count: int, frames: int, seed: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random crops of ``frames`` frames (log-mel) of the corpus and their styles."""
+def level_windows(mel: torch.Tensor, width: int) -> list[float]:
+    """The median log-mel of each window of ``width`` frames over the batch ``(B, n_mel, F)``."""
+    n = mel.shape[-1] // width
+    return [round(float(mel[..., k * width:(k + 1) * width].median()), 3) for k in range(n)]
+
+
+def onset_rate(mel: torch.Tensor, fps: float) -> float:
+    """Mean mel onsets per second over the clips of ``(B, n_mel, F)``."""
+    return round(float(np.mean([mel_onsets(m, fps) for m in mel])), 3)
+
+
+def held_out_crops(corpus: MelCorpus, count: int, frames: int, seed: int = 0,
+                   style: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random crops of ``frames`` frames (log-mel) of the corpus (of its files of
+    ``style``, an index of ``corpus.styles``, when given) and their styles."""
     rng = np.random.default_rng(seed)
     pairs = [(m.float(), lab) for m, lab in zip(corpus.mels, corpus.labels, strict=True)
-             if m.shape[-1] > frames]
+             if m.shape[-1] > frames and (style is None or lab == style)]
+    if not pairs:
+        raise SystemExit(f"no held-out file of {frames} frames or more"
+                         + ("" if style is None else f" of style {corpus.styles[style]}"))
     crops, labels = [], []
     for i in range(count):
         m, lab = pairs[i % len(pairs)]
@@ -93,27 +119,39 @@ def teacher_forced(prior: MelPrior, crops: torch.Tensor, labels: torch.Tensor,
 
 
 def measure(prior: MelPrior, test: MelCorpus, temperatures: list[float], count: int,
-            seconds: float) -> dict:
+            seconds: float, continue_seconds: float = 6.0, style: str | None = None) -> dict:
     fps = prior.frames_per_second
     prime_frames = int(2 * fps) // prior.block * prior.block
-    cont = int(6 * fps) // prior.block * prior.block
-    crops, labels = held_out_crops(test, count, prime_frames + cont)
-    labels = torch.where(labels < 0, 0, labels) if prior.styles else torch.full_like(labels, -1)
-    half = int(0.5 * fps)
+    cont = int(continue_seconds * fps) // prior.block * prior.block
+    crops, labels = held_out_crops(test, count, prime_frames + cont,
+                                   style=None if style is None else test.styles.index(style))
+    if style is not None:
+        labels = torch.full_like(labels, prior.styles.index(style))
+    elif prior.styles:
+        labels = torch.where(labels < 0, 0, labels)
+    else:
+        labels = torch.full_like(labels, -1)
+    half, two = int(0.5 * fps), int(2 * fps)
     truth = crops[:, :, prime_frames:]
-    row: dict = {"truth": {**level(truth), "primed_windows": windows(band_contrast(truth),
-                                                                     half)}}
+    row: dict = {"truth": {**level(truth), "primed_windows": windows(band_contrast(truth), half),
+                           "level_windows": level_windows(truth, two),
+                           "onsets_per_s": onset_rate(truth, fps)}}
     for temp in temperatures:
         tf = teacher_forced(prior, crops, labels, temp)
         g = torch.Generator().manual_seed(0)
         state = prior.initial_state(count, None, crops[:, :, :prime_frames], g)
         state = dataclasses.replace(state, style=labels)
         primed = torch.cat([m for m, _, _ in prior.stream(cont, state, temp, g)], -1)
-        free = prior.sample(int(seconds * fps), temperature=temp, seed=0, batch=count)
+        free = prior.sample(int(seconds * fps), style=style, temperature=temp, seed=0,
+                            batch=count)
         row[str(temp)] = {
             "teacher_forced": level(tf[:, :, prior.block:]),
-            "primed": {**level(primed), "windows": windows(band_contrast(primed), half)},
-            "unprimed": {**level(free), "windows": windows(band_contrast(free), int(5 * fps))},
+            "primed": {**level(primed), "windows": windows(band_contrast(primed), half),
+                       "level_windows": level_windows(primed, two),
+                       "onsets_per_s": onset_rate(primed, fps)},
+            "unprimed": {**level(free), "windows": windows(band_contrast(free), int(5 * fps)),
+                         "level_windows": level_windows(free, two),
+                         "onsets_per_s": onset_rate(free, fps)},
         }
     return row
 
@@ -124,7 +162,11 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/work/data/music"))
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.9])
     p.add_argument("--count", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=30.0, help="length of unprimed clips")
+    p.add_argument("--continue-seconds", type=float, default=6.0,
+                   help="length of the primed continuations (after 2 s of held-out music)")
+    p.add_argument("--by-style", action="store_true",
+                   help="measure each style the prior knows on its own")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     t0 = time.time()
@@ -134,7 +176,11 @@ def main() -> None:
                     "count": a.count, "seconds": a.seconds, "models": {}}
     for path in a.model:
         prior = load_model(model_file(path), expected="mel-prior").float().eval()
-        row = measure(prior, test, a.temperatures, a.count, a.seconds)
+        if a.by_style:
+            row = {name: measure(prior, test, a.temperatures, a.count, a.seconds,
+                                 a.continue_seconds, name) for name in prior.styles}
+        else:
+            row = measure(prior, test, a.temperatures, a.count, a.seconds, a.continue_seconds)
         result["models"][str(path)] = row
         print(path, json.dumps(row), flush=True)
     result["machine"]["load_1min_end"] = os.getloadavg()[0]
