@@ -322,7 +322,12 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     music on both sides."""
     from flowsuite.core.io import atomic_path, check_writable
     from flowsuite.musicflow.generator import MusicGenerator
-    from flowsuite.musicflow.metrics import clip_statistics, music_distances, shaped_noise
+    from flowsuite.musicflow.metrics import (
+        RHYTHM_FEATURES,
+        clip_statistics,
+        music_distances,
+        shaped_noise,
+    )
 
     if json_path is not None:
         check_writable(json_path, force)
@@ -370,11 +375,21 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
         metrics["generated"] = {m: float(np.mean([e[m] for e in each]))
                                 for m in metrics["generated"]}
         keys["generated"] = float(np.mean([e["key_stability"] for e in each]))
+    # What the rhythm distance is made of: each feature's mean per system (the generated
+    # clips of every draw), so a gap can be read as too few onsets, too even a loudness, or
+    # no pulse.
+    rhythm_of = {"held_out": ref_stats["rhythm"],
+                 **{k: v["rhythm"] for k, v in stats.items()}}
+    if draws > 1:
+        rhythm_of["generated"] = np.concatenate([st["rhythm"] for st in per_draw])
+    rhythm_features = {k: dict(zip(RHYTHM_FEATURES, map(float, v.mean(0)), strict=True))
+                       for k, v in rhythm_of.items()}
     result = {"model": str(model_path or "shipped mel-prior"),
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
-              "style": style, "metrics": metrics, "key_stability": keys}
+              "style": style, "metrics": metrics, "key_stability": keys,
+              "rhythm_features": rhythm_features}
     if spread is not None:
         result.update(draws=draws, generated_sd=spread, generated_draws=each)
     of_style = f" of style {style}" if style is not None else ""
@@ -392,6 +407,9 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     click.echo(f"* the mean key stability per clip, not a distance (held-out clips: "
                f"{keys['held_out']:.4f}; 1: the same pitch classes throughout, 0: unrelated "
                f"from one second to those two or more seconds later)")
+    click.echo("rhythm, held-out / generated: " + ", ".join(
+        f"{f} {rhythm_features['held_out'][f]:.3f} / {rhythm_features['generated'][f]:.3f}"
+        for f in RHYTHM_FEATURES))
     if json_path is not None:
         with atomic_path(json_path, force=force) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")

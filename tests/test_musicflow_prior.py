@@ -522,6 +522,13 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
     assert set(res["key_stability"]) == {"held_out", *res["metrics"]}
     assert all(-1 <= v <= 1 for v in res["key_stability"].values())
     assert "vocoded" in r.output and "key_stab" in r.output
+    # the rhythm distance's parts, per system: held-out clips have onsets and a pulse measure
+    assert set(res["rhythm_features"]) == {"held_out", *res["metrics"]}
+    for feats in res["rhythm_features"].values():
+        assert set(feats) == {"onset_rate", "onset_strength_mean", "onset_strength_cv",
+                              "pulse_clarity"}
+        assert all(np.isfinite(v) and v >= 0 for v in feats.values())
+    assert "rhythm, held-out / generated: onset_rate" in r.output
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
                    "--json", js), "--force")
     _fails(_invoke("eval", "music", "--model", run, "--vocoder", voc, "--data", music_set,
@@ -554,6 +561,9 @@ def test_gen_eval_music_draws_average_disjoint_clip_sets(models, music_set, tmp_
         assert res["metrics"]["ideal"][m] == pytest.approx(singles[0]["metrics"]["ideal"][m])
     assert res["key_stability"]["generated"] == pytest.approx(
         np.mean([s["key_stability"]["generated"] for s in singles]))
+    for f, v in res["rhythm_features"]["generated"].items():  # over the clips of both draws
+        assert v == pytest.approx(np.mean([s["rhythm_features"]["generated"][f]
+                                           for s in singles]))
 
 
 def test_gen_eval_music_style_compares_one_style(models, tmp_path):
