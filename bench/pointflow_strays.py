@@ -38,20 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from flowsuite.cli.pointcloud_cmds import _load
 from flowsuite.core.rng import derive_seed
 from flowsuite.data.shapes import open_shapes
 from flowsuite.pointflow.metrics import evaluate
-from flowsuite.pointflow.model import OUTLIER_NEIGHBOURS
+from flowsuite.pointflow.model import neighbour_distances
 
 
 def stray_scores(cloud: np.ndarray) -> np.ndarray:
     """Each point's mean distance to its ``OUTLIER_NEIGHBOURS`` nearest neighbours, in standard
     deviations above the cloud's mean (the score `--drop-outliers` thresholds)."""
-    d, _ = cKDTree(cloud).query(cloud, k=OUTLIER_NEIGHBOURS + 1)
-    s = d[:, 1:].mean(1)
+    s = neighbour_distances(cloud)
     return (s - s.mean()) / max(float(s.std()), 1e-12)
 
 

@@ -39,16 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prior_onsets import mel_onsets  # bench/, the script's own folder
 
 from flowsuite.cli.common import model_file
 from flowsuite.core.checkpoint import load_model
+from flowsuite.musicflow.metrics import pulse_clarity
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.prior_train import MelCorpus
-
-try:  # run as a script from bench/ or from the repository root
-    from prior_onsets import mel_onsets
-except ImportError:  # pragma: no cover
-    from bench.prior_onsets import mel_onsets
 
 
 def band_contrast(mel: torch.Tensor) -> torch.Tensor:
@@ -82,25 +79,17 @@ def level_windows(mel: torch.Tensor, width: int) -> list[float]:
     return [round(float(mel[..., k * width:(k + 1) * width].median()), 3) for k in range(n)]
 
 
-def onset_rate(mel: torch.Tensor, fps: float) -> float:
+def mel_onset_rate(mel: torch.Tensor, fps: float) -> float:
     """Mean mel onsets per second over the clips of ``(B, n_mel, F)``."""
     return round(float(np.mean([mel_onsets(m, fps) for m in mel])), 3)
 
 
-def pulse_clarity(mel: torch.Tensor, fps: float) -> float:
-    """How periodic a clip's onsets are, on the mel itself (no vocoder): the autocorrelation of
-    its broadband rise (the mean over bands of the positive part of ``mel[t] - mel[t - 2]``,
-    centred) at its largest between lags of 0.25 and 2 s, relative to lag 0, as `gen eval
-    music`'s pulse clarity on the audio's onset envelope; the mean over the clips of ``(B, n_mel,
-    F)``."""
-    values = []
-    for m in mel.float():
-        e = (m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0).numpy()
-        e = e - e.mean()
-        ac = np.correlate(e, e, mode="full")[len(e) - 1:]
-        lo, hi = int(0.25 * fps), int(2.0 * fps)
-        values.append(float(ac[lo:hi].max() / ac[0]) if ac[0] > 0 and hi <= len(ac) else 0.0)
-    return round(float(np.mean(values)), 4)
+def mel_pulse_clarity(mel: torch.Tensor, fps: float) -> float:
+    """`gen eval music`'s pulse clarity (:func:`~flowsuite.musicflow.metrics.pulse_clarity`)
+    of the mel itself, no vocoder: of its broadband rise (the mean over bands of the positive
+    part of ``mel[t] - mel[t - 2]``); the mean over the clips of ``(B, n_mel, F)``."""
+    return round(float(np.mean([pulse_clarity((m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0)
+                                              .numpy(), fps) for m in mel.float()])), 4)
 
 
 def held_out_crops(corpus: MelCorpus, count: int, frames: int, seed: int = 0,
@@ -152,8 +141,8 @@ def measure(prior: MelPrior, test: MelCorpus, temperatures: list[float], count: 
     truth = crops[:, :, prime_frames:]
     row: dict = {"truth": {**level(truth), "primed_windows": windows(band_contrast(truth), half),
                            "level_windows": level_windows(truth, two),
-                           "onsets_per_s": onset_rate(truth, fps),
-                           "pulse_clarity": pulse_clarity(truth, fps)}}
+                           "onsets_per_s": mel_onset_rate(truth, fps),
+                           "pulse_clarity": mel_pulse_clarity(truth, fps)}}
     for temp in temperatures:
         tf = teacher_forced(prior, crops, labels, temp)
         g = torch.Generator().manual_seed(0)
@@ -166,12 +155,12 @@ def measure(prior: MelPrior, test: MelCorpus, temperatures: list[float], count: 
             "teacher_forced": level(tf[:, :, prior.block:]),
             "primed": {**level(primed), "windows": windows(band_contrast(primed), half),
                        "level_windows": level_windows(primed, two),
-                       "onsets_per_s": onset_rate(primed, fps),
-                       "pulse_clarity": pulse_clarity(primed, fps)},
+                       "onsets_per_s": mel_onset_rate(primed, fps),
+                       "pulse_clarity": mel_pulse_clarity(primed, fps)},
             "unprimed": {**level(free), "windows": windows(band_contrast(free), int(5 * fps)),
                          "level_windows": level_windows(free, two),
-                         "onsets_per_s": onset_rate(free, fps),
-                         "pulse_clarity": pulse_clarity(free, fps)},
+                         "onsets_per_s": mel_onset_rate(free, fps),
+                         "pulse_clarity": mel_pulse_clarity(free, fps)},
         }
     return row
 

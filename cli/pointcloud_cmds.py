@@ -229,11 +229,11 @@ def _point_t(value: float | None) -> float:
 
 
 def _check_outlier_std(value: float | None) -> None:
-    """Refuses a bad ``--drop-outliers`` before anything is loaded (``None``: keep every
-    point); the model checks ``outlier_std`` again, but its error names the API argument."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise FlowsuiteError(f"--drop-outliers must be a finite number > 0 (standard "
-                             f"deviations), got {value}")
+    """Refuses a bad ``--drop-outliers`` before anything is loaded, with the model's check
+    (``None``: keep every point)."""
+    from flowsuite.pointflow.model import PointFlowModel
+
+    PointFlowModel._outlier_std(value, "--drop-outliers")
 
 
 _DROP_OUTLIERS_HELP = ("Drop stray points: draw 25% more points and drop those whose mean "

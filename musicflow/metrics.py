@@ -160,6 +160,17 @@ def key_stability(x: np.ndarray, sample_rate: int, window: float = KEY_WINDOW,
     return float(np.mean(pairs)) if pairs else 0.0
 
 
+def pulse_clarity(envelope: np.ndarray, frames_per_second: float) -> float:
+    """How periodic an onset envelope ``(F,)`` is: its centred autocorrelation at its highest
+    between lags of 0.25 and 2 s, relative to lag 0 (0 for a flat envelope or one shorter than
+    2 s)."""
+    e = np.asarray(envelope)
+    e = e - e.mean()
+    ac = np.correlate(e, e, mode="full")[len(e) - 1:]
+    lo, hi = int(0.25 * frames_per_second), int(2.0 * frames_per_second)
+    return float(ac[lo:hi].max() / ac[0]) if ac[0] > 0 and hi <= len(ac) else 0.0
+
+
 def clip_statistics(clips: list[np.ndarray], sample_rate: int, front: torch.nn.Module
                     ) -> dict[str, np.ndarray]:
     """Frame and clip statistics of mono clips ``(T,)``: ``"mel"`` log-mel frames ``(F, n_mel)``
@@ -187,11 +198,7 @@ def clip_statistics(clips: list[np.ndarray], sample_rate: int, front: torch.nn.M
         seconds = len(x) / sample_rate
         mean = float(env.mean())
         cv = float(env.std() / mean) if mean > 0 else 0.0
-        e = env - env.mean()
-        ac = np.correlate(e, e, mode="full")[len(e) - 1:]
-        lo, hi = int(0.25 * sample_rate / hop), int(2.0 * sample_rate / hop)
-        clarity = float(ac[lo:hi].max() / ac[0]) if ac[0] > 0 and hi <= len(ac) else 0.0
-        rhythm.append([len(onsets) / seconds, mean, cv, clarity])
+        rhythm.append([len(onsets) / seconds, mean, cv, pulse_clarity(env, sample_rate / hop)])
     return {"mel": np.concatenate(mel), "chroma": np.concatenate(chroma),
             "rhythm": np.asarray(rhythm, np.float64),
             "tonality": np.asarray(tonality, np.float64)}

@@ -53,6 +53,14 @@ OUTLIER_NEIGHBOURS = 16
 Category = int | str | Tensor | Sequence[int] | Sequence[str]
 
 
+def neighbour_distances(cloud, k: int = OUTLIER_NEIGHBOURS):
+    """Each point's mean distance to its ``k`` nearest neighbours in ``cloud (M, 3)`` (a numpy
+    array, ``k < M``): the score stray points stand out by."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(cloud).query(cloud, k + 1)[0][:, 1:].mean(1)
+
+
 def drop_outliers(clouds: Tensor, points: int, std: float, keys: Tensor) -> Tensor:
     """``clouds (B, M, 3)`` -> ``(B, points, 3)``, ``points <= M``: drops the points whose mean
     distance to their ``OUTLIER_NEIGHBOURS`` nearest is over the cloud's mean of it plus ``std``
@@ -60,7 +68,6 @@ def drop_outliers(clouds: Tensor, points: int, std: float, keys: Tensor) -> Tens
     (uniform numbers: the same keys keep the same points). When too few are left, the least
     outlying of the dropped ones fill up."""
     import numpy as np
-    from scipy.spatial import cKDTree
 
     m = clouds.shape[1]
     if m < 3:
@@ -68,8 +75,8 @@ def drop_outliers(clouds: Tensor, points: int, std: float, keys: Tensor) -> Tens
     k = min(OUTLIER_NEIGHBOURS, m - 1)
     xs = clouds.detach().float().cpu().numpy()
     # a cloud with non-finite points (a diverged model) is passed on unfiltered
-    dist = np.stack([cKDTree(c).query(c, k + 1)[0][:, 1:].mean(1) if np.isfinite(c).all()
-                     else np.zeros(m) for c in xs])
+    dist = np.stack([neighbour_distances(c, k) if np.isfinite(c).all() else np.zeros(m)
+                     for c in xs])
     d = torch.from_numpy(dist).to(clouds.device)
     far = d > d.mean(1, keepdim=True) + std * d.std(1, keepdim=True)
     rank = torch.where(far, 2.0 + d / d.amax(1, keepdim=True).clamp_min(1e-30),
@@ -329,10 +336,12 @@ class PointFlowModel(nn.Module):
         return int(value)
 
     @staticmethod
-    def _outlier_std(value: float | None) -> float | None:
+    def _outlier_std(value: float | None, name: str = "outlier_std") -> float | None:
+        """``value`` as a float, ``None`` kept (keep every point); refuses anything but a
+        finite number > 0, naming ``name`` (the CLI passes its option's)."""
         if value is not None and not (math.isfinite(value) and value > 0):
-            raise FlowsuiteError(f"outlier_std must be a finite number > 0 (or None: keep every "
-                                 f"point), got {value!r}")
+            raise FlowsuiteError(f"{name} must be a finite number > 0 (standard deviations; "
+                                 f"leave it out to keep every point), got {value!r}")
         return None if value is None else float(value)
 
     @staticmethod
