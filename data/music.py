@@ -31,7 +31,7 @@ import numpy as np
 
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.io import atomic_path, check_output_folder
-from flowsuite.data.music_signal import SAMPLE_RATE, fade_out, normalize_loudness, trim_silence
+from flowsuite.data.music_signal import SAMPLE_RATE, fade_out, normalize_loudness, silence_bounds
 
 FLUIDSYNTH_APT = "apt-get install -y libfluidsynth3"
 STYLES = ("chorale", "folk", "quartet")
@@ -230,6 +230,12 @@ def _tick_to_seconds(tempos: list[tuple[int, int]], tpb: int) -> Callable[[int],
 def midi_parts(midi_bytes: bytes) -> list[Part]:
     """Notes per track of a standard MIDI file (tracks without notes and drum channel 10 left
     out), times in seconds through the file's tempo map."""
+    return midi_music(midi_bytes)[0]
+
+
+def midi_music(midi_bytes: bytes) -> tuple[list[Part], np.ndarray]:
+    """The parts of :func:`midi_parts` and the file's beats: the time in seconds of every MIDI
+    beat (quarter note, through the tempo map) from the start to the last note-off."""
     import mido
 
     mf = mido.MidiFile(file=io.BytesIO(midi_bytes))
@@ -264,7 +270,13 @@ def midi_parts(midi_bytes: bytes) -> list[Part]:
         if rows:
             notes = np.array(sorted(rows), dtype=np.float64)
             parts.append(Part(name or f"part {len(parts) + 1}", notes))
-    return parts
+    end = max((float(p.notes[:, 1].max()) for p in parts), default=0.0)
+    beats = []
+    tick = 0
+    while (t := to_sec(tick)) <= end:
+        beats.append(t)
+        tick += mf.ticks_per_beat
+    return parts, np.array(beats, dtype=np.float64)
 
 
 def _truncate(score: Any, seconds: float) -> None:
@@ -282,6 +294,11 @@ def _truncate(score: Any, seconds: float) -> None:
 def score_parts(piece: Piece, seconds: float = float("inf")) -> list[Part]:
     """Parses a corpus piece with music21 and returns its parts as notes in seconds; with
     ``seconds`` the score may be cut after that much music to save time."""
+    return score_music(piece, seconds)[0]
+
+
+def score_music(piece: Piece, seconds: float = float("inf")) -> tuple[list[Part], np.ndarray]:
+    """:func:`score_parts` with the score's beats in seconds (see :func:`midi_music`)."""
     from music21 import converter
 
     path = str(_corpus_root() / piece.path)
@@ -291,7 +308,7 @@ def score_parts(piece: Piece, seconds: float = float("inf")) -> list[Part]:
     score = converter.parse(path, **kwargs)
     if seconds < float(score.duration.quarterLength) / 2.0:  # shorter than the whole at 120/min
         _truncate(score, seconds)
-    return midi_parts(_midi_bytes(score))
+    return midi_music(_midi_bytes(score))
 
 
 def _midi_bytes(score: Any) -> bytes:
@@ -514,7 +531,8 @@ def render_piece(piece: Piece, seed: int, index: int, synth: Synth,
     rng = np.random.default_rng([seed, index])
     lo, hi = TEMPO_RANGE[piece.style]
     tempo = float(np.round(rng.uniform(lo, hi), 3))
-    parts = score_parts(piece, max_seconds * tempo)[:15]
+    parts, beats = score_music(piece, max_seconds * tempo)
+    parts = parts[:15]
     if not parts:
         return None
     v = vary(piece, parts, rng, tempo)
@@ -523,7 +541,8 @@ def render_piece(piece: Piece, seed: int, index: int, synth: Synth,
         return None
     programs = [v["programs"][k] for k, _ in played]
     audio = synth.render([p for _, p in played], programs, reverb=v["reverb"])
-    audio = trim_silence(audio, synth.sample_rate)
+    start, stop = silence_bounds(audio, synth.sample_rate)
+    audio = audio[start:stop]
     limit = int(max_seconds * synth.sample_rate)
     if len(audio) > limit:
         audio = fade_out(audio[:limit], int(0.5 * synth.sample_rate))
@@ -531,6 +550,8 @@ def render_piece(piece: Piece, seed: int, index: int, synth: Synth,
     duration = len(audio) / synth.sample_rate
     if duration < MIN_PIECE_SECONDS or not np.any(audio):
         return None
+    # the score's beats where they fall in the written file (played faster, leading silence cut)
+    beats = beats / tempo - start / synth.sample_rate
     record = {
         "style": piece.style, "source": piece.source, "work": piece.work,
         "split": split_of(piece.work),
@@ -539,6 +560,7 @@ def render_piece(piece: Piece, seed: int, index: int, synth: Synth,
                         for (_, p), prog in zip(played, programs, strict=True)],
         "tempo_factor": v["tempo_factor"], "transpose": v["transpose"], "reverb": v["reverb"],
         "duration": round(duration, 4), "sample_rate": synth.sample_rate,
+        "beats": [round(float(b), 4) for b in beats if 0.0 <= b < duration],
     }
     return audio, record
 
@@ -626,7 +648,8 @@ def render_music_set(out: str | os.PathLike, hours: float = 1.0, seed: int = 0,
     """Renders corpus pieces in the seeded order of ``plan`` until their total duration reaches
     ``hours`` (overshooting by less than one piece), into ``out/audio/`` with ``out/manifest.jsonl``
     (one JSON record per file: file, style, source, work, split, family, instruments,
-    tempo_factor, transpose, reverb, duration, sample_rate) and ``out/dataset.json``.
+    tempo_factor, transpose, reverb, duration, sample_rate, and beats: the seconds at which each
+    beat of the score falls in the file) and ``out/dataset.json``.
 
     The set is built in a hidden folder beside ``out`` and moved into place when complete. The
     same arguments give byte-identical files for any ``workers``. Returns the manifest records.
@@ -742,6 +765,6 @@ def read_manifest(folder: str | os.PathLike) -> list[dict[str, Any]]:
 __all__ = [
     "FAMILIES", "FLUIDSYNTH_APT", "MANIFEST", "STYLES", "Part", "Piece", "RenderJob", "Synth",
     "check_soundfont", "choose_instruments", "corpus_pieces", "default_soundfont",
-    "midi_parts", "plan", "read_manifest", "render_music_set", "render_piece", "score_parts",
-    "split_of", "write_audio",
+    "midi_music", "midi_parts", "plan", "read_manifest", "render_music_set", "render_piece",
+    "score_music", "score_parts", "split_of", "write_audio",
 ]

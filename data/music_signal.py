@@ -46,11 +46,18 @@ def sound_bounds(rms: np.ndarray, frame: int, n_samples: int, top_db: float = 50
     return first * frame, min(last * frame, n_samples)
 
 
+def silence_bounds(x: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = 50.0
+                   ) -> tuple[int, int]:
+    """The sample range ``[start, stop)`` of the mono signal ``(T,)`` that
+    :func:`trim_silence` keeps."""
+    frame = max(int(round(FRAME_SECONDS * sample_rate)), 1)
+    return sound_bounds(frame_rms(x, frame), frame, len(x), top_db)
+
+
 def trim_silence(x: np.ndarray, sample_rate: int = SAMPLE_RATE, top_db: float = 50.0
                  ) -> np.ndarray:
     """The mono signal ``(T,)`` without its leading and trailing silence."""
-    frame = max(int(round(FRAME_SECONDS * sample_rate)), 1)
-    start, stop = sound_bounds(frame_rms(x, frame), frame, len(x), top_db)
+    start, stop = silence_bounds(x, sample_rate, top_db)
     return x[start:stop]
 
 

@@ -24,6 +24,7 @@ from flowsuite.data.music import (  # noqa: E402
     Synth,
     corpus_pieces,
     default_soundfont,
+    midi_music,
     render_music_set,
     render_piece,
     score_parts,
@@ -97,6 +98,45 @@ def test_manifest_fields_and_split_by_work(music_set):
         assert lo <= r["tempo_factor"] <= hi
         assert abs(r["transpose"]) <= music.TRANSPOSE_RANGE
         assert r["source"].split("#")[0] in {p.path for p in corpus_pieces(r["style"])}
+
+
+def test_midi_beats_follow_the_tempo_map():
+    import io
+
+    import mido
+
+    mf = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mf.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=500000, time=0))  # 120 per minute
+    track.append(mido.Message("note_on", note=60, velocity=80, time=0))
+    track.append(mido.MetaMessage("set_tempo", tempo=1000000, time=960))  # 60 from beat 2
+    track.append(mido.Message("note_off", note=60, velocity=0, time=1440))
+    buf = io.BytesIO()
+    mf.save(file=buf)
+    parts, beats = midi_music(buf.getvalue())
+    assert len(parts) == 1 and parts[0].notes[0, :2].tolist() == [0.0, 4.0]
+    assert beats.tolist() == [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_manifest_beats_fall_where_the_notes_start(music_set):
+    """The beats of the scores, moved by the tempo factor and the trimmed silence, sit on the
+    rises of the rendered audio: its energy rises more just after a beat than elsewhere."""
+    near, every = [], []
+    for r in _records(music_set):
+        beats = np.array(r["beats"])
+        assert len(beats) >= 2 and np.all(np.diff(beats) > 0)
+        assert 0 <= beats[0] and beats[-1] < r["duration"]
+        x, _ = sf.read(music_set / r["file"], dtype="float32")
+        hop = 256
+        frames = x[: len(x) // hop * hop].reshape(-1, hop)
+        energy = np.log(np.mean(frames ** 2, axis=1) + 1e-8)
+        rise = np.maximum(np.diff(energy, prepend=energy[0]), 0)
+        at = np.round(beats * SR / hop).astype(int)
+        for k in range(4):  # the attack lands within 4 frames (46 ms) of the beat
+            near.append(rise[np.clip(at + k, 0, len(rise) - 1)])
+        every.append(rise)
+    assert np.mean(np.concatenate(near)) > 1.8 * np.mean(np.concatenate(every))
 
 
 def test_split_is_a_function_of_the_work_alone():
