@@ -36,25 +36,16 @@ import torch
 from flowsuite.cli.common import model_file
 from flowsuite.cli.music_cmds import _reference_clips
 from flowsuite.musicflow.generator import MusicGenerator
-from flowsuite.musicflow.metrics import clip_statistics, music_distances
+from flowsuite.musicflow.metrics import clip_statistics, mel_onset_frames, music_distances
 from flowsuite.musicflow.preview import write_spectrograms
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.prior_train import MelCorpus
 
 
-def mel_onsets(mel: torch.Tensor, rate: float, threshold: float = 0.3, lag: int = 2,
-               gap: int = 5) -> float:
-    """Note onsets per second in a log-mel ``(n_mel, F)`` at ``rate`` frames/s: frames whose
-    broadband rise (the mean over bands of the positive part of ``mel[t] - mel[t - lag]``, in
-    nats) exceeds ``threshold`` and is the largest within ``gap`` frames either side. Unlike a
-    normalised onset envelope, the fixed threshold does not find onsets in the small
-    fluctuations of a drone."""
-    m = mel.float()
-    flux = (m[:, lag:] - m[:, :-lag]).clamp_min(0).mean(0)
-    pad = torch.nn.functional.pad(flux[None, None], (gap, gap), value=-1.0)
-    peak = torch.nn.functional.max_pool1d(pad, 2 * gap + 1, stride=1)[0, 0]
-    hits = (flux >= threshold) & (flux >= peak)
-    return float(hits.sum()) * rate / m.shape[1]
+def mel_onsets(mel: torch.Tensor, rate: float) -> float:
+    """Note onsets per second in a log-mel ``(n_mel, F)`` at ``rate`` frames/s
+    (:func:`~flowsuite.musicflow.metrics.mel_onset_frames`)."""
+    return float(mel_onset_frames(mel).sum()) * rate / mel.shape[1]
 
 
 def summary(values: list[float]) -> dict[str, float]:

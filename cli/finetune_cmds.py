@@ -315,7 +315,8 @@ def _finetune_prior(from_path: Path | None, data_dir: Path, out: Path, device: s
     model = load_model(_source(from_path, "mel-prior"), expected="mel-prior", map_location=dev)
     is_set = (data_dir / MANIFEST).is_file()
     corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
-                                   min_frames=segment_frames, progress=True, keys=model.keys)
+                                   min_frames=segment_frames, progress=True, keys=model.keys,
+                                   beats=model.beats)
     every = min(500, steps)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-4 if lr is None else lr,
                          seed=seed, device=dev, warmup=run_warmup(out, steps, resume, cap=200),

@@ -103,6 +103,14 @@ def _resume_config(out_dir: Path) -> dict | None:
               help="Condition on the music's key, estimated from each file's audio; `gen "
                    "music --key` then takes one (default: off, or --init's; with --init it "
                    "starts with no effect).")
+@click.option("--onset-gate/--no-onset-gate", default=None,
+              help="Model whether each step starts a note explicitly, with a gate trained on "
+                   "the mel's onsets (default: off, or --init's; with --init the flow starts "
+                   "as it was).")
+@click.option("--beats/--no-beats", default=None,
+              help="The onset gate also reads a clock, the phase of the beat and the tempo, "
+                   "from the beats of the scores in a music set's manifest; `gen music --tempo` "
+                   "then sets it (implies --onset-gate; default: off, or --init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
@@ -116,7 +124,8 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                     flows: int | None, spline_bins: int | None, carry: bool | None,
                     rollout: int | None, rollout_share: float | None,
                     self_feed: float | None, context_smear: float | None,
-                    context_blank: float | None, keys: bool | None, init_path: Path | None,
+                    context_blank: float | None, keys: bool | None,
+                    onset_gate: bool | None, beats: bool | None, init_path: Path | None,
                     resume: bool, precision: str,
                     time_limit: float | None) -> None:
     """Train a mel prior (the flow that generates mel spectrograms of music)."""
@@ -143,20 +152,33 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
     is_set = (data_dir / MANIFEST).is_file()
     keyed = bool(keys if keys is not None else
                  (saved or {}).get("keys", source.keys if source is not None else False))
+    clocked = bool(beats if beats is not None else
+                   (saved or {}).get("beats", source.beats if source is not None else False))
     corpus = MelCorpus.from_folder(data_dir, split="train" if is_set else None,
-                                   min_frames=segment_frames, progress=True, keys=keyed)
+                                   min_frames=segment_frames, progress=True, keys=keyed,
+                                   beats=clocked)
+    has_beats = any(len(b) >= 2 for b in corpus.beats)
+    if beats and not has_beats:
+        raise FlowsuiteError(f"--beats needs the beats of the scores, and {data_dir} has none: "
+                             "give a music set made by `gen data music` (its manifest lists "
+                             "them), or leave out --beats")
     val = None
     if is_set:
         try:
             val = MelCorpus.from_folder(data_dir, split="val", min_frames=segment_frames,
-                                        keys=keyed)
+                                        keys=keyed, beats=clocked)
         except FlowsuiteError:
             val = None
     torch.manual_seed(seed)
     given = {"mixture": mixture, "n_flows": flows, "self_feed": self_feed,
              "spline_bins": spline_bins, "carry": carry, "rollout": rollout,
              "rollout_share": rollout_share, "context_smear": context_smear,
-             "context_blank": context_blank, "keys": keys}
+             "context_blank": context_blank, "keys": keys, "onset_gate": onset_gate,
+             "beats": beats}
+    if beats:
+        given["onset_gate"] = True
+    if clocked and has_beats and saved is None:  # sampling's default tempi: this music's
+        given["tempi"] = corpus.tempi()
     extra = {k: v for k, v in given.items() if v is not None}
     try:
         if saved is not None:
@@ -205,6 +227,9 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               "quartet); default: one at random.")
 @click.option("--key", default=None, help="For a prior trained with --keys: the key to "
               "write in (e.g. 'D minor', 'F#', 'Bbm'); default: one at random.")
+@click.option("--tempo", type=float, default=None, help="For a prior trained with --beats: "
+              "the beats per minute of its clock (20 to 400); default: the style's median "
+              "tempo in its training music.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -220,9 +245,9 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
-          key: str | None, out_path: Path, preview: Path | None, model_path: Path | None,
-          vocoder_path: Path | None, from_path: Path | None, device: str,
-          force: bool) -> None:
+          key: str | None, tempo: float | None, out_path: Path, preview: Path | None,
+          model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
+          device: str, force: bool) -> None:
     """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
     from flowsuite.cli.vocoder_cmds import read_audio, write_wav
     from flowsuite.core.io import check_writable
@@ -247,10 +272,12 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
         gen.prior.style_index(style, 1)  # an unknown style fails before any work
     if key is not None:  # so does an unknown key, or one for a prior without keys
         gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
+    if tempo is not None:  # and a tempo out of range, or for a prior without beats
+        gen.prior.initial_state(1, tempo=tempo)
     prime = None
     if from_path is not None:
         prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
-    mel = gen.generate_mel(seconds, seed, temperature, style, prime, key)
+    mel = gen.generate_mel(seconds, seed, temperature, style, prime, key, tempo)
     audio = gen.vocode(mel, round(seconds * gen.sample_rate), sigma, seed)
     if not np.isfinite(audio).all():
         raise FlowsuiteError("the models produced NaN audio; they are probably undertrained or "
@@ -261,7 +288,8 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
         from flowsuite.musicflow.preview import write_spectrograms
 
         title = (f"gen music --seed {seed} --temperature {temperature:g}"
-                 + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else ""))
+                 + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else "")
+                 + (f" --tempo {tempo:g}" if tempo is not None else ""))
         write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
         click.echo(f"wrote {preview}")
 

@@ -39,6 +39,7 @@ from flowsuite.core.elementwise import RationalQuadraticSpline
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.keys import KEY_FEATURES, KEY_NAMES, key_features, key_index
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
+from flowsuite.musicflow.metrics import MEL_ONSET_RISE, mel_onset_frames
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -68,6 +69,37 @@ DEFAULT_TEMPERATURE = 0.7
 # the gain lets the new map learn at the scale of the trained weights around it (with Adam, a
 # tenfold gain is a tenfold learning rate for W); at 1 it stayed near zero (BENCHMARKS.md).
 KEY_GAIN = 10.0
+
+# The onset gate (``onset_gate=True``; BENCHMARKS.md "A beat for the prior"). Each step is an
+# onset or not (a frame of it is a mel onset, `mel_onset_frames`); a gate predicts that from the
+# context, and for a clocked prior (``beats=True``) from the phase of the beat too, and the
+# step's latent is drawn from one of two context mixtures, the onset steps' or the others'. The
+# label is worth at most its own entropy, a few tenths of a nat per step against some 25 for
+# what sounds, so a flow that merely reads it learns to ignore it (so did a plain prior the
+# beat); with a mixture per label, each is fitted to its own steps alone.
+# The gate also reads which of the last GATE_HISTORY steps rose (the mean log-mel frame of the
+# step over the step before's by MEL_ONSET_RISE nats or more, a function of the steps
+# themselves, so the density stays exact): drawn one step at a time, onsets are otherwise
+# independent given the clock, and their pulse a third below the music's (BENCHMARKS.md).
+GATE_HISTORY = 32  # steps: 1.5 s
+BEAT_HARMONICS = (1, 2, 4)  # the beat, its halves and its quarters
+BEAT_FEATURES = 2 * len(BEAT_HARMONICS) + 1
+DEFAULT_TEMPO = 100.0  # beats per minute, where neither the call nor the model names one
+TEMPO_RANGE = (20.0, 400.0)
+
+
+def clock_features(clock: Tensor) -> Tensor:
+    """Clock readings ``(..., 2)``: the phase of the beat in ``[0, 1)`` and the tempo in beats
+    per minute (NaN: no clock) -> features ``(..., BEAT_FEATURES)``: sine and cosine of the phase
+    at each of ``BEAT_HARMONICS`` and log2(tempo / 100); zeros where there is no clock."""
+    phase, bpm = clock[..., 0], clock[..., 1]
+    known = torch.isfinite(phase) & torch.isfinite(bpm) & (bpm > 0)
+    angle = 2 * math.pi * torch.where(known, phase, torch.zeros_like(phase))
+    feats = []
+    for h in BEAT_HARMONICS:
+        feats += [torch.sin(h * angle), torch.cos(h * angle)]
+    feats.append(torch.log2(torch.where(known, bpm, torch.full_like(bpm, 100.0)) / 100.0))
+    return torch.where(known[..., None], torch.stack(feats, -1), torch.zeros(()).to(clock))
 
 
 class ContextAffine(Bijection):
@@ -118,16 +150,46 @@ class ContextAffine(Bijection):
         return x, ld if spline_ld is None else ld + spline_ld
 
 
+def track_clock(mel: Tensor, frames_per_second: float) -> tuple[float, float] | None:
+    """The beat of a log-mel ``(n_mel, F)``, tracked (librosa's beat tracker on the mean rise
+    over bands): ``(phase of the beat just after the last frame, tempo in beats per minute)``, or
+    ``None`` where fewer than two beats, or a tempo outside ``TEMPO_RANGE``, are found. A clocked
+    prior continuing a clip starts its clock there."""
+    import librosa
+    import numpy as np
+
+    m = mel.detach().float().cpu()
+    rise = torch.nn.functional.pad((m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0), (2, 0))
+    hop = 512  # any: the tracker works in frames, given their rate as sr / hop
+    _, beats = librosa.beat.beat_track(onset_envelope=rise.numpy(), hop_length=hop,
+                                       sr=frames_per_second * hop)
+    if len(beats) < 2:
+        return None
+    period = float(np.median(np.diff(beats)))
+    bpm = 60.0 * frames_per_second / period
+    if not TEMPO_RANGE[0] <= bpm <= TEMPO_RANGE[1]:
+        return None
+    # the grid's anchor: the median over beats (the tracker's last beat is often early)
+    anchor = float(np.median(beats - period * np.arange(len(beats))))
+    return float(((m.shape[-1] - anchor) / period) % 1.0), bpm
+
+
 @dataclass
 class PriorState:
     """Where a stream stands: the GRU's hidden state ``(rnn_layers, B, hidden)`` after reading
     every step so far, the labels of each sample (see :meth:`MelPrior.labels`) and the last
     step (normalised, ``(B, block * n_mel)``; ``None`` before any: the band means), which a
-    ``carry`` prior carries into the next step."""
+    ``carry`` prior carries into the next step, for a clocked prior the clock at the next
+    step ``(B, 2)``: phase of the beat and tempo (see :func:`clock_features`), and for a gated
+    prior which of the last ``GATE_HISTORY`` steps rose ``(B, GATE_HISTORY)``, latest first,
+    and the onset label drawn for the last step ``(B,)``."""
 
     hidden: Tensor
     style: Tensor
     last: Tensor | None = None
+    clock: Tensor | None = None
+    rises: Tensor | None = None
+    onset: Tensor | None = None
 
 
 @register_model("mel-prior")
@@ -181,6 +243,20 @@ class MelPrior(Configurable, nn.Module):
             cannot trust). Measured on the shipped prior: at temperature 0.9 it then drifts
             less from key to key, at 0.7 no less (BENCHMARKS.md, "Does the music keep its
             key?"). 0 (the default) leaves the past as it is.
+        onset_gate: model each step as an onset or not explicitly (see the note above
+            ``BEAT_HARMONICS``): the likelihood of a step is the gate's probability of its label
+            times the density under that label's latent mixture (training, with the label of
+            the data); :meth:`log_prob` sums over both labels (exact); sampling draws the label,
+            then the step. The onset mixture starts as a copy of the other (``from_trained``),
+            so a trained prior grows into the gate unchanged. Needs ``mixture``; excludes
+            ``rollout`` and ``self_feed``.
+        beats: the gate also reads a clock, the phase of the beat and the tempo at each step
+            (see :func:`clock_features`; needs ``onset_gate``). Training reads the beats of the
+            scores from the music set's manifest (audio without them reads no clock);
+            sampling runs a steady clock at a chosen tempo, by default the median tempo of the
+            training music of the style (``tempi``).
+        tempi: for a clocked prior, the median tempo in beats per minute of the training music
+            per style name, and of all of it under ``"all"``.
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -204,7 +280,8 @@ class MelPrior(Configurable, nn.Module):
                  context_noise: float = 0.0, mixture: int = 0, self_feed: float = 0.0,
                  spline_bins: int = 0, carry: bool = False, rollout: int = 0,
                  rollout_share: float = 1.0, context_smear: float = 0.0,
-                 context_blank: float = 0.0, keys: bool = False):
+                 context_blank: float = 0.0, keys: bool = False, onset_gate: bool = False,
+                 beats: bool = False, tempi: dict[str, float] | None = None):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -238,6 +315,11 @@ class MelPrior(Configurable, nn.Module):
             raise ValueError(f"mixture must be 0 (none) or at least 2 components, not {mixture}")
         if spline_bins < 0:
             raise ValueError(f"spline_bins must be 0 (none) or positive, not {spline_bins}")
+        if onset_gate and (rollout or self_feed or not mixture):
+            raise ValueError("the onset gate (onset_gate, --beats) needs a mixture latent "
+                             "(mixture of 2 or more) and excludes rollout and self_feed")
+        if beats and not onset_gate:
+            raise ValueError("beats needs onset_gate (the clock is read by the onset gate)")
         self.features = d = block * n_mel
         f32 = torch.float32
         mean_t = torch.zeros(n_mel) if mean is None else torch.tensor(list(mean), dtype=f32)
@@ -264,6 +346,15 @@ class MelPrior(Configurable, nn.Module):
         self.key_map = nn.Linear(KEY_FEATURES, hidden, bias=False) if keys else None
         if self.key_map is not None:
             nn.init.zeros_(self.key_map.weight)
+        self._beats = bool(beats)
+        self._style_dim = style_dim if self.styles else 0
+        gate_in = GATE_HISTORY + ((self._style_dim + BEAT_FEATURES) if beats
+                                  else ctx + (d if carry else 0))
+        self.gate = MLP(gate_in, 1, hidden=hid[:1]) if onset_gate else None
+        self.onset_mixture = ContextMixture(d, ctx, mixture, hid[:1]) if onset_gate else None
+        self.tempi = {str(k): float(v) for k, v in (tempi or {}).items()}
+        if any(not (math.isfinite(v) and v > 0) for v in self.tempi.values()):
+            raise ValueError(f"tempi must be positive beats per minute, got {self.tempi}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
@@ -284,12 +375,93 @@ class MelPrior(Configurable, nn.Module):
         from the trained weights)."""
         model = cls(**{**source.config, **overrides})
         transfer_weights(source, model, "prior")
+        if (model.onset_mixture is not None and source.onset_mixture is None
+                and source.mixture is not None):  # a new gate: both labels start alike
+            model.onset_mixture.load_state_dict(source.mixture.state_dict())
         return model.to(source.start.device)
 
     @property
     def keys(self) -> bool:
         """Whether the prior conditions on the music's key (``keys=True``)."""
         return self.key_map is not None
+
+    @property
+    def beats(self) -> bool:
+        """Whether the prior's onset gate reads a clock (``beats=True``)."""
+        return self._beats
+
+    def tempo_of(self, style: Tensor) -> Tensor:
+        """The default tempo (beats per minute) for style labels ``(B,)``: the median of the
+        training music of the style (``tempi``), else of all of it, else ``DEFAULT_TEMPO``."""
+        fallback = self.tempi.get("all", DEFAULT_TEMPO)
+        return torch.tensor([self.tempi.get(self.styles[int(s)], fallback)
+                             if 0 <= int(s) < len(self.styles) else fallback for s in style],
+                            dtype=torch.float32)
+
+    def advance(self, clock: Tensor, steps: int = 1) -> Tensor:
+        """The clock ``(..., 2)`` ``steps`` steps later (the phase moves on, the tempo holds)."""
+        beats = steps * self.block / self.frames_per_second * clock[..., 1] / 60.0
+        return torch.stack([torch.remainder(clock[..., 0] + beats, 1.0), clock[..., 1]], -1)
+
+    def onset_labels(self, mel: Tensor) -> Tensor:
+        """Log-mels ``(B, n_mel, T * block)`` -> ``(B, T)`` float: 1 where a frame of the step
+        is a mel onset (:func:`~flowsuite.musicflow.metrics.mel_onset_frames`)."""
+        hits = mel_onset_frames(mel.float())
+        return hits.view(mel.shape[0], -1, self.block).any(-1).to(mel.dtype)
+
+    def step_clock(self, clock: Tensor | None, frames: int) -> Tensor | None:
+        """A clock per frame ``(B, F, 2)`` (a batch's ``"beat"``) -> the clock at the first frame
+        of each step ``(B, F // block, 2)``; ``None`` for a prior without beats or no clock."""
+        if clock is None or not self.beats:
+            return None
+        if clock.dim() != 3 or clock.shape[1] != frames or clock.shape[2] != 2:
+            raise ValueError(f"a clock must be (B, {frames}, 2) for {frames} frames, got "
+                             f"{tuple(clock.shape)}")
+        return clock[:, ::self.block]
+
+    def gate_logits(self, context: Tensor, clock: Tensor | None = None,
+                    rises: Tensor | None = None) -> Tensor:
+        """The onset gate's log-odds ``(...)`` of contexts ``(..., C)`` (from :meth:`_context`),
+        for a clocked prior the clock ``(..., 2)`` (``None``: none), and which of the last
+        ``GATE_HISTORY`` steps rose ``(..., GATE_HISTORY)`` (latest first; ``None``: none). A
+        clocked gate reads the clock, the style embedding and the rises, not the GRU's
+        summary: running on its own samples, a prior's summary is not what it was in training,
+        and a gate that read it opened on half as many beats as the music has (BENCHMARKS.md,
+        "A beat for the prior")."""
+        if self.gate is None:
+            raise ValueError("this prior has no onset gate")
+        if self.beats:
+            feats = (context.new_zeros(*context.shape[:-1], BEAT_FEATURES) if clock is None
+                     else clock_features(clock.to(context.device, torch.float32)))
+            hidden = self.rnn.hidden_size
+            style = context[..., hidden:hidden + self._style_dim]
+            context = torch.cat([style, feats.to(context.dtype)], dim=-1)
+        if rises is None:
+            rises = context.new_zeros(*context.shape[:-1], GATE_HISTORY)
+        return self.gate(torch.cat([context, rises.to(context.dtype)], dim=-1))[..., 0]
+
+    def step_rises(self, steps: Tensor, before: Tensor | None = None) -> Tensor:
+        """Normalised steps ``(B, T, D)`` -> ``(B, T)`` float: 1 where the step's mean log-mel
+        frame rises over the step before's by ``MEL_ONSET_RISE`` nats or more (the mean over
+        bands of the positive part); the first step is compared with ``before`` ``(B, D)``, or
+        is 0 without it."""
+        b, t, _ = steps.shape
+        frames = self.denormalise(steps.float().reshape(b, t, self.block, self.n_mel)
+                                  .mean(2).transpose(1, 2)).transpose(1, 2)
+        if before is None:
+            first = frames[:, :1]
+        else:
+            first = self.denormalise(before.float().reshape(b, self.block, self.n_mel)
+                                     .mean(1)[:, :, None]).transpose(1, 2)
+        rise = (frames - torch.cat([first, frames[:, :-1]], dim=1)).clamp_min(0).mean(-1)
+        return (rise >= MEL_ONSET_RISE).float()
+
+    @staticmethod
+    def rise_history(rises: Tensor) -> Tensor:
+        """Rises of steps ``(B, T)`` -> for each step those of the ``GATE_HISTORY`` steps
+        before it, latest first ``(B, T, GATE_HISTORY)`` (zeros before the first)."""
+        padded = F.pad(rises, (GATE_HISTORY, 0))
+        return padded.unfold(1, GATE_HISTORY, 1)[:, :rises.shape[1]].flip(-1)
 
     @property
     def frames_per_second(self) -> float:
@@ -420,8 +592,12 @@ class MelPrior(Configurable, nn.Module):
 
     # ---------------------------------------------------------------------------- likelihood
 
-    def _log_prob_normalised(self, x: Tensor, style: Tensor) -> Tensor:
-        """``log p`` of normalised mels ``(B, n_mel, T * block)`` -> ``(B,)``, teacher-forced."""
+    def _log_prob_normalised(self, x: Tensor, style: Tensor, onset: Tensor | None = None,
+                             clock: Tensor | None = None) -> Tensor:
+        """``log p`` of normalised mels ``(B, n_mel, T * block)`` -> ``(B,)``, teacher-forced.
+        A gated prior with each step's onset label ``onset`` ``(B, T)`` gives the joint
+        likelihood of the mel and the labels; without, the mel's (summed over labels).
+        ``clock``: per step ``(B, T, 2)`` or ``None``."""
         steps = self.to_steps(x)
         b, t, d = steps.shape
         past = steps[:, :-1]
@@ -436,9 +612,28 @@ class MelPrior(Configurable, nn.Module):
             if len(rows):
                 ro, rp = self._rolled_out(out[rows], prev[rows], style.to(out.device)[rows])
                 out, prev = out.index_copy(0, rows, ro), prev.index_copy(0, rows, rp)
-        ctx = self._context(out, style, prev).reshape(b * t, -1)
-        lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
-        return lp.view(b, t).sum(1)
+        if self.gate is None:
+            ctx = self._context(out, style, prev).reshape(b * t, -1)
+            lp = self.step_log_prob(steps.reshape(b * t, d), ctx)
+            return lp.view(b, t).sum(1)
+        ctx = self._context(out, style, prev)
+        with torch.no_grad():
+            history = self.rise_history(self.step_rises(steps))
+        logit = self.gate_logits(ctx, clock, history).float()
+        z, logdet, fctx = self.step_latent(steps.reshape(b * t, d), ctx.reshape(b * t, -1))
+        rest, hit = self._label_log_probs(z, fctx)
+        rest, hit = (logdet + rest).view(b, t), (logdet + hit).view(b, t)
+        if onset is not None:
+            lp = torch.where(onset.bool(), hit, rest)
+            return (lp - F.binary_cross_entropy_with_logits(
+                logit, onset.to(logit.dtype), reduction="none")).sum(1)
+        both = torch.stack([rest + F.logsigmoid(-logit), hit + F.logsigmoid(logit)])
+        return torch.logsumexp(both, 0).sum(1)
+
+    def _label_log_probs(self, z: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """A gated prior's latents ``(N, D)`` -> their log-density under the mixture of the steps
+        without an onset and under the onset steps' ``(N,)`` each."""
+        return self.mixture.log_prob(z, ctx), self.onset_mixture.log_prob(z, ctx)
 
     def _rolled_out(self, out: Tensor, prev: Tensor, style: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced GRU states ``(B, T, H)`` (the state that predicts each step) and the
@@ -536,35 +731,47 @@ class MelPrior(Configurable, nn.Module):
         return base + logdet
 
     def sample_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                    generator: torch.Generator | None = None, onset: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
         """A normalised step ``(N, block * n_mel)`` per context row ``(N, context)`` and its
-        untempered log-density ``(N,)``."""
+        untempered log-density ``(N,)``; for a gated prior, of the label ``onset`` ``(N,)`` drawn
+        for each row (its latent from that label's mixture; ``None``: no onsets)."""
         ctx, prev = self._split(context)
         if self.mixture is None:
             x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
                                                   generator=generator)
-        else:
+        elif self.onset_mixture is None or onset is None:
             z = self.mixture.sample(ctx, temperature, generator)
             x, logdet_inv = self.flow.bijection.inverse(z, ctx)
             lp = self.mixture.log_prob(z, ctx) - logdet_inv
+        else:
+            hit = onset.bool()[:, None]
+            z = torch.where(hit, self.onset_mixture.sample(ctx, temperature, generator),
+                            self.mixture.sample(ctx, temperature, generator))
+            x, logdet_inv = self.flow.bijection.inverse(z, ctx)
+            rest, on = self._label_log_probs(z, ctx)
+            lp = torch.where(hit[:, 0], on, rest) - logdet_inv
         if prev is not None:  # a shift: the density is unchanged
             x = x + self._carried(ctx, prev).to(x.dtype)
         return x, lp
 
     def draw_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                  generator: torch.Generator | None = None, onset: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
         """:meth:`sample_step` as the recurrence reads it: a log-mel is never below log(CLAMP)
         (the front end clamps it there), so a sampled value that falls below is lifted to it,
         and a stray value cannot drive the following steps off the data. The log-density is
         the raw sample's."""
-        x, lp = self.sample_step(context, temperature, generator)
+        x, lp = (self.sample_step(context, temperature, generator) if onset is None
+                 else self.sample_step(context, temperature, generator, onset=onset))
         return torch.maximum(x, self._floor_step().to(x.dtype)), lp
 
     def log_prob(self, mel: Tensor, style: Tensor | str | int | None = None,
-                 key: Tensor | str | int | None = None) -> Tensor:
+                 key: Tensor | str | int | None = None, clock: Tensor | None = None) -> Tensor:
         """Exact ``log p(mel)`` in nats ``(B,)`` of log-mels ``(B, n_mel, F)`` (``F`` a multiple
         of ``block``); ``style`` labels ``(B,)``, a name, an index or ``None`` (-1: no style);
-        for a keyed prior ``key`` likewise (``None``: no key, -1)."""
+        for a keyed prior ``key`` likewise (``None``: no key, -1); for a clocked prior the
+        clock at each frame ``(B, F, 2)`` (phase, tempo; ``None`` or NaN: no clock)."""
         mel = self.check_mel(mel)
         if not isinstance(style, Tensor):
             style = (self.style_index(style, mel.shape[0]) if style is not None
@@ -572,17 +779,21 @@ class MelPrior(Configurable, nn.Module):
         if self.keys and key is None:
             key = torch.full((mel.shape[0],), -1, dtype=torch.long)
         labels = self.labels(style.to(self._device()), key)
-        lp = self._log_prob_normalised(self.normalise(mel), labels)
+        lp = self._log_prob_normalised(self.normalise(mel), labels,
+                                       clock=self.step_clock(clock, mel.shape[-1]))
         return lp - mel.shape[-1] * torch.log(self.std).sum()
 
     def forward(self, batch: dict[str, Tensor] | Tensor) -> dict[str, Tensor]:
         """The trainer's loss: ``batch`` is ``{"mel": (B, n_mel, F), "style": (B,)}`` or a mel
-        tensor. Returns ``loss``, the negative log-likelihood per mel value in nats (with the
-        training noise added to the normalised mel in training mode), and ``nll_per_dim``."""
+        tensor (with ``"key"`` for a keyed prior and ``"beat"``, the clock per frame ``(B, F,
+        2)``, for a clocked one). Returns ``loss``, the negative log-likelihood per mel value in
+        nats (with the training noise added to the normalised mel in training mode; for a gated
+        prior of the mel and its onset labels), and ``nll_per_dim``."""
         if isinstance(batch, dict):
             mel, style, key = batch["mel"], batch.get("style"), batch.get("key")
+            clock = batch.get("beat")
         else:
-            mel, style, key = batch, None, None
+            mel, style, key, clock = batch, None, None, None
         mel = self.check_mel(mel)
         if style is None:
             style = torch.full((mel.shape[0],), -1, dtype=torch.long)
@@ -592,7 +803,9 @@ class MelPrior(Configurable, nn.Module):
         x = self.normalise(mel)
         if self.training and self.noise > 0:
             x = x + self.noise * torch.randn_like(x)
-        lp = self._log_prob_normalised(x, style) - mel.shape[-1] * torch.log(self.std).sum()
+        onset = self.onset_labels(mel) if self.gate is not None else None
+        lp = (self._log_prob_normalised(x, style, onset, self.step_clock(clock, mel.shape[-1]))
+              - mel.shape[-1] * torch.log(self.std).sum())
         loss = -lp.mean() / (mel.shape[1] * mel.shape[2])
         return {"loss": loss, "nll_per_dim": loss.detach()}
 
@@ -601,14 +814,34 @@ class MelPrior(Configurable, nn.Module):
     def initial_state(self, batch: int = 1, style: str | int | None = None,
                       prime: Tensor | None = None,
                       generator: torch.Generator | None = None,
-                      key: str | int | None = None) -> PriorState:
+                      key: str | int | None = None, tempo: float | None = None) -> PriorState:
         """The state before the first sampled step: the GRU has read the start vector and, with
         ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
-        so sampling continues it. ``key``: see :meth:`labels`."""
+        so sampling continues it. ``key``: see :meth:`labels`. A clocked prior's clock starts on
+        a beat at ``tempo`` beats per minute (``None``: the style's, see :meth:`tempo_of`), or
+        after a prime where its beat, tracked (:func:`track_clock`), puts it, at the tracked
+        tempo unless ``tempo`` is given; ``tempo`` given to a prior without beats is an
+        error."""
         dev = self._device()
-        labels = self.labels(self.style_index(style, batch, generator), key, generator).to(dev)
+        styles = self.style_index(style, batch, generator)
+        labels = self.labels(styles, key, generator).to(dev)
+        clock = None
+        if not self.beats:
+            if tempo is not None:
+                raise FlowsuiteError(f"this prior was trained without beats; leave out the tempo "
+                                     f"(got {tempo:g})")
+        else:
+            lo, hi = TEMPO_RANGE
+            if tempo is not None and not (math.isfinite(tempo) and lo <= tempo <= hi):
+                raise FlowsuiteError(f"tempo {tempo:g} is not a number of beats per minute from "
+                                     f"{lo:g} to {hi:g}")
+            bpm = (self.tempo_of(styles) if tempo is None
+                   else torch.full((batch,), float(tempo)))
+            clock = torch.stack([torch.zeros(batch), bpm], -1).to(dev)
         inputs = self.start.expand(batch, 1, self.features)
         last = None
+        rises = (torch.zeros(batch, GATE_HISTORY, device=dev) if self.gate is not None
+                 else None)
         if prime is not None:
             prime = self.check_mel(prime.to(dev, torch.float32), whole_steps=False)
             if prime.shape[0] not in (1, batch):
@@ -618,17 +851,33 @@ class MelPrior(Configurable, nn.Module):
             steps = steps.expand(batch, -1, -1)
             last = steps[:, -1]
             inputs = torch.cat([inputs, self._as_read(steps, generator)], dim=1)
+            if rises is not None:
+                flags = self.step_rises(steps).flip(-1)[:, :GATE_HISTORY]
+                rises[:, :flags.shape[1]] = flags
+            if clock is not None and (tracked := track_clock(prime[0], self.frames_per_second)):
+                clock[:, 0] = tracked[0]
+                if tempo is None:
+                    clock[:, 1] = tracked[1]
         _, hidden = self.rnn(inputs)
-        return PriorState(hidden, labels, last)
+        return PriorState(hidden, labels, last, clock, rises)
 
     def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
         """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
-        The log-density is the untempered model's, of the normalised step."""
+        The log-density is the untempered model's, of the normalised step (for a gated prior,
+        given the onset label it drew)."""
         ctx = self._context(state.hidden[-1], state.style, state.last)
-        x, lp = self.draw_step(ctx, temperature, generator)
+        onset = rises = None
+        if self.gate is not None:  # an onset or not, then the step given it
+            p = torch.sigmoid(self.gate_logits(ctx, state.clock, state.rises).float())
+            onset = torch.bernoulli(p, generator=generator)
+        x, lp = self.draw_step(ctx, temperature, generator, onset)
         _, hidden = self.rnn(self._as_read(x, generator)[:, None], state.hidden)
-        return x, lp, PriorState(hidden, state.style, x)
+        clock = None if state.clock is None else self.advance(state.clock)
+        if state.rises is not None:
+            rose = self.step_rises(x[:, None], state.last)
+            rises = torch.cat([rose.to(state.rises), state.rises[:, :-1]], dim=1)
+        return x, lp, PriorState(hidden, state.style, x, clock, rises, onset)
 
     @torch.no_grad()
     def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
@@ -660,16 +909,18 @@ class MelPrior(Configurable, nn.Module):
     def sample(self, frames: int, style: str | int | None = None,
                temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                generator: torch.Generator | None = None, prime: Tensor | None = None,
-               batch: int = 1, key: str | int | None = None) -> Tensor:
+               batch: int = 1, key: str | int | None = None, tempo: float | None = None
+               ) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
         ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or index, ``None`` at
-        random) the key. Memory does not grow with ``frames`` beyond the output."""
+        random) the key; ``tempo`` (a clocked prior: beats per minute, ``None``: the style's)
+        the clock's. Memory does not grow with ``frames`` beyond the output."""
         if generator is None:
             generator = torch.Generator(device=self._device())
             generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))
-        state = self.initial_state(batch, style, prime, generator, key)
+        state = self.initial_state(batch, style, prime, generator, key, tempo)
         return torch.cat([m for m, _, _ in self.stream(frames, state, temperature, generator)],
                          dim=-1)
 

@@ -31,25 +31,32 @@ from flowsuite.musicflow.prior import MelPrior
 class MelCorpus:
     """Whole log-mels of a set of audio files, kept in memory (float16, ``(n_mel, F_i)`` each),
     with a style index per file (-1: none), the style names and, when asked for, each file's key
-    estimated from its audio (:func:`~flowsuite.musicflow.keys.estimate_key`; empty if not)."""
+    estimated from its audio (:func:`~flowsuite.musicflow.keys.estimate_key`; empty if not) and
+    each file's beats as mel frame positions (from a music set's manifest; an empty array for a
+    file without them; the list empty if not asked for)."""
 
     mels: list[torch.Tensor]
     labels: list[int]
     styles: list[str]
     keys: list[int] = field(default_factory=list)
+    beats: list[np.ndarray] = field(default_factory=list)
+    frames_per_second: float = SAMPLE_RATE / HOP
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike, split: str | None = None,
                     min_frames: int = 2, sample_rate: int = SAMPLE_RATE, hop: int = HOP,
-                    progress: bool = False, keys: bool = False) -> MelCorpus:
+                    progress: bool = False, keys: bool = False, beats: bool = False
+                    ) -> MelCorpus:
         """The mels of a music set made by ``gen data music`` (its ``split``; styles from the
         manifest) or of every audio file in a plain folder (no styles). Files shorter than
         ``min_frames`` frames of sound are skipped with a warning (see ``AudioFolder``).
-        ``keys``: also estimate each file's key."""
+        ``keys``: also estimate each file's key; ``beats``: also read each file's beats from
+        the manifest (files of a plain folder, or of a set rendered before manifests held
+        beats, have none)."""
         import soundfile as sf
 
         from flowsuite.data.audio import AudioFolder, resample
-        from flowsuite.data.music import MANIFEST
+        from flowsuite.data.music import MANIFEST, read_manifest
 
         root = Path(root)
         folder = AudioFolder(root, segment_samples=min_frames * hop, sample_rate=sample_rate,
@@ -58,7 +65,11 @@ class MelCorpus:
         front = MelSpectrogram(sample_rate=sample_rate, hop=hop)
         from flowsuite.musicflow.keys import estimate_key
 
-        mels, labels, found = [], [], []
+        score_beats: dict[Path, list[float]] = {}
+        if beats and is_set:
+            score_beats = {(root / r["file"]).resolve(): r.get("beats") or []
+                           for r in read_manifest(root)}
+        mels, labels, found, beat_frames = [], [], [], []
         files = folder.files
         if progress:
             from tqdm.auto import tqdm
@@ -77,11 +88,43 @@ class MelCorpus:
             labels.append(info.style if is_set else -1)
             if keys:
                 found.append(estimate_key(x, sample_rate))
-        return cls(mels, labels, list(folder.styles) if is_set else [], found)
+            if beats:  # seconds in the file -> frames of the mel of its sound
+                at = np.asarray(score_beats.get(info.path.resolve(), []), dtype=np.float64)
+                beat_frames.append((at - info.start / info.sample_rate) * sample_rate / hop)
+        return cls(mels, labels, list(folder.styles) if is_set else [], found, beat_frames,
+                   sample_rate / hop)
 
     @property
     def frames(self) -> int:
         return sum(m.shape[-1] for m in self.mels)
+
+    def clock(self, index: int, start: int, frames: int) -> torch.Tensor:
+        """The clock of file ``index`` at frames ``[start, start + frames)``: ``(frames, 2)`` of
+        the phase of the beat in ``[0, 1)`` and the local tempo in beats per minute (between
+        the two beats around each frame, the nearest two before the first and after the last
+        beat); NaN throughout for a file with fewer than two beats."""
+        b = self.beats[index] if self.beats else np.zeros(0)
+        out = np.full((frames, 2), np.nan, dtype=np.float32)
+        if len(b) < 2:
+            return torch.from_numpy(out)
+        f = np.arange(start, start + frames, dtype=np.float64)
+        k = np.clip(np.searchsorted(b, f, side="right") - 1, 0, len(b) - 2)
+        period = np.maximum(b[k + 1] - b[k], 1e-3)
+        out[:, 0] = np.mod((f - b[k]) / period, 1.0)
+        out[:, 1] = 60.0 * self.frames_per_second / period
+        return torch.from_numpy(out)
+
+    def tempi(self) -> dict[str, float]:
+        """The median tempo (beats per minute, over beats) of the files of each style, and of
+        all of them under ``"all"``; empty without beats."""
+        per: dict[str, list[np.ndarray]] = {}
+        for b, label in zip(self.beats, self.labels, strict=False):
+            if len(b) >= 2:
+                bpm = 60.0 * self.frames_per_second / np.maximum(np.diff(b), 1e-3)
+                names = ["all"] + ([self.styles[label]] if 0 <= label < len(self.styles) else [])
+                for name in names:
+                    per.setdefault(name, []).append(bpm)
+        return {k: round(float(np.median(np.concatenate(v))), 2) for k, v in per.items()}
 
     def band_stats(self) -> dict[str, list[float]]:
         """``{"mean": [...], "std": [...]}``: per-band statistics over every frame, for
@@ -100,7 +143,8 @@ class MelCorpus:
 
 class MelCrops(Dataset):
     """Crops of ``segment_frames`` frames of a :class:`MelCorpus`: items ``{"mel": (n_mel,
-    segment_frames) float32, "style": int}`` (and ``"key": int`` when the corpus has keys).
+    segment_frames) float32, "style": int}`` (and ``"key": int`` when the corpus has keys,
+    ``"beat": (segment_frames, 2)`` the clock of :meth:`MelCorpus.clock` when it has beats).
 
     With ``random=True`` (training) there are ``frames // segment_frames`` items per epoch, each
     a crop at a random place (torch's generator, which the trainer seeds per step) of a file
@@ -142,6 +186,8 @@ class MelCrops(Dataset):
         item = {"mel": mel, "style": self.corpus.labels[f]}
         if self.corpus.keys:
             item["key"] = self.corpus.keys[f]
+        if self.corpus.beats:
+            item["beat"] = self.corpus.clock(f, at, self.segment)
         return item
 
 

@@ -508,6 +508,48 @@ def test_train_prior_with_keys_and_gen_music_in_a_key(models, music_set, tmp_pat
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
 
 
+def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_path):
+    """``--beats``: each file's clock comes from the manifest's beats, the prior gets an onset
+    gate that reads it and the median tempo per style; `gen music --tempo` sets its clock. A
+    set without beats, a tempo for a prior without beats and an absurd tempo: one line each."""
+    _fails(_invoke("train", "prior", "--data", music_set, "--out", tmp_path / "none",
+                   "--preset", "tiny", "--steps", 1, "--segment-frames", 16, "--beats"),
+           "--beats", "beats of the scores")
+    assert not (tmp_path / "none").exists()
+    beat_set = tmp_path / "beat_set"
+    (beat_set / "audio").mkdir(parents=True)
+    with open(beat_set / "manifest.jsonl", "w") as f:
+        for line in (music_set / "manifest.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            (beat_set / r["file"]).write_bytes((music_set / r["file"]).read_bytes())
+            step = 0.5 if r["style"] == "folk" else 0.75  # 120 and 80 beats per minute
+            f.write(json.dumps({**r, "beats": np.arange(0, 2.0, step).tolist()}) + "\n")
+    run = tmp_path / "clocked"
+    _fails(_invoke("train", "prior", "--data", beat_set, "--out", tmp_path / "plain",
+                   "--preset", "tiny", "--steps", 1, "--segment-frames", 16, "--beats"),
+           "needs a mixture latent")
+    r = _invoke("train", "prior", "--data", beat_set, "--out", run, "--preset", "tiny",
+                "--steps", 2, "--batch-size", 2, "--segment-frames", 16, "--device", "cpu",
+                "--beats", "--mixture", 2)
+    assert r.exit_code == 0, r.output
+    model = load_model(run / "model.safetensors")
+    assert model.beats and model.config["onset_gate"]
+    assert model.tempi["folk"] == pytest.approx(120.0)
+    assert model.tempi["chorale"] == pytest.approx(80.0)
+    out = tmp_path / "t.wav"
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim", "--tempo",
+                96, "--style", "folk", "--out", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(sf.read(out)[0]) == SR
+    for bad in ("0", "1000", "nan"):
+        _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                       "--tempo", bad, "--out", tmp_path / "x.wav"), "beats per minute")
+    plain, _ = models
+    _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
+                   "--tempo", 90, "--out", tmp_path / "y.wav"), "without beats")
+    assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
+
+
 def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
     run, voc = models
     js = tmp_path / "e.json"
