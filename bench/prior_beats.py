@@ -12,10 +12,12 @@ music`), each optional:
 * ``--draws MODEL`` (a gated prior): free-running clips per style, with the onset label the gate
   drew at every step: how often it draws one, how often a drawn onset is one in the mel, and the
   pulse clarity (`musicflow.metrics.pulse_clarity`) of the drawn labels, of the mel's onset
-  labels and of the mel's broadband rise; the same for crops of held-out music beside them.
+  labels and of the mel's broadband rise; the same for crops of held-out music beside them (the
+  test split of ``--reference``, by default ``--data``).
 
     python bench/prior_beats.py --data music-beats --hazard data/models/mel-prior.safetensors \\
-        --gated runs/prior-beats --draws runs/prior-beats --out bench/results/prior_beats.json
+        --gated runs/prior-beats --draws runs/prior-beats --reference music8 \\
+        --out bench/results/prior_beats.json
 """
 
 from __future__ import annotations
@@ -135,11 +137,13 @@ def _pulses(mel: torch.Tensor, prior: MelPrior) -> dict[str, float]:
 
 
 @torch.no_grad()
-def draws(prior: MelPrior, data: Path, count: int, seconds: float, temperature: float) -> dict:
-    """Free-running clips per style with the gate's drawn labels, and held-out crops."""
+def draws(prior: MelPrior, reference: Path, count: int, seconds: float, temperature: float
+          ) -> dict:
+    """Free-running clips per style with the gate's drawn labels, and held-out crops (the first
+    ``seconds`` of each test file of ``reference`` of that style)."""
     fps = prior.frames_per_second
     frames = int(seconds * fps) // prior.block * prior.block
-    held = MelCorpus.from_folder(data, split="test")
+    held = MelCorpus.from_folder(reference, split="test")
     out = {}
     for k, style in enumerate(prior.styles):
         g = torch.Generator().manual_seed(k)
@@ -173,6 +177,8 @@ def main() -> None:
     ap.add_argument("--hazard", help="a prior: onsets from its context, the clock, both")
     ap.add_argument("--gated", help="a prior trained with --beats: its gate on held-out crops")
     ap.add_argument("--draws", help="a prior trained with --beats: free-running clips")
+    ap.add_argument("--reference", type=Path, help="music set whose test split --draws is "
+                    "compared with (default: --data)")
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--temperature", type=float, default=0.7)
@@ -181,15 +187,16 @@ def main() -> None:
     torch.manual_seed(0)
     result: dict = {"data": str(args.data), "threads": torch.get_num_threads()}
     start = time.time()
-    for key, fn in (("hazard", hazard), ("gated", gated), ("draws", draws)):
+    for key, fn in (("hazard", hazard), ("gated", gated), ("draws", None)):
         path = getattr(args, key)
         if path is None:
             continue
         if os.path.isdir(path):
             path = os.path.join(path, "model.safetensors")
         prior = load_model(path, expected="mel-prior").float().eval()
-        extra = (args.count, args.seconds, args.temperature) if key == "draws" else ()
-        result[key] = {"model": path, **fn(prior, args.data, *extra)}
+        found = (draws(prior, args.reference or args.data, args.count, args.seconds,
+                       args.temperature) if fn is None else fn(prior, args.data))
+        result[key] = {"model": path, **found}
         print(key, json.dumps(result[key], indent=1), flush=True)
     result["wall_s"] = round(time.time() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
