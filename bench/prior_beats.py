@@ -10,14 +10,15 @@ music`), each optional:
 * ``--gated MODEL`` (a prior trained with ``--beats``): its onset gate on held-out crops (the val
   and test splits) given the true clock, the clock an eighth of a beat off, and no clock.
 * ``--draws MODEL`` (a gated prior): free-running clips per style, with the onset label the gate
-  drew at every step: how often it draws one, how often a drawn onset is one in the mel, and the
-  pulse clarity (`musicflow.metrics.pulse_clarity`) of the drawn labels, of the mel's onset
-  labels and of the mel's broadband rise; the same for crops of held-out music beside them (the
-  test split of ``--reference``, by default ``--data``).
+  drew at every step (at each of ``--gate-temperatures``): how often it draws one, how often a
+  drawn onset is one in the mel, and the pulse clarity (`musicflow.metrics.pulse_clarity`) of
+  the drawn labels, of the mel's onset labels and of the mel's broadband rise; the same for
+  crops of held-out music beside them (the test split of ``--reference``, by default
+  ``--data``).
 
     python bench/prior_beats.py --data music-beats --hazard data/models/mel-prior.safetensors \\
         --gated runs/prior-beats --draws runs/prior-beats --reference music8 \\
-        --out bench/results/prior_beats.json
+        --gate-temperatures 1 0.5 0.3 --out bench/results/prior_beats.json
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.utils.data import default_collate
 
 from flowsuite.core.checkpoint import load_model
 from flowsuite.musicflow.metrics import pulse_clarity
-from flowsuite.musicflow.prior import MelPrior, clock_features
+from flowsuite.musicflow.prior import DEFAULT_GATE_TEMPERATURE, MelPrior, clock_features
 from flowsuite.musicflow.prior_train import MelCorpus, MelCrops
 
 
@@ -137,17 +138,17 @@ def _pulses(mel: torch.Tensor, prior: MelPrior) -> dict[str, float]:
 
 
 @torch.no_grad()
-def draws(prior: MelPrior, reference: Path, count: int, seconds: float, temperature: float
-          ) -> dict:
-    """Free-running clips per style with the gate's drawn labels, and held-out crops (the first
-    ``seconds`` of each test file of ``reference`` of that style)."""
+def draws(prior: MelPrior, reference: Path, count: int, seconds: float, temperature: float,
+          gate_temperature: float) -> dict:
+    """Free-running clips per style with the gate's drawn labels (at ``gate_temperature``), and
+    held-out crops (the first ``seconds`` of each test file of ``reference`` of that style)."""
     fps = prior.frames_per_second
     frames = int(seconds * fps) // prior.block * prior.block
     held = MelCorpus.from_folder(reference, split="test")
     out = {}
     for k, style in enumerate(prior.styles):
         g = torch.Generator().manual_seed(k)
-        state = prior.initial_state(count, style, generator=g)
+        state = prior.initial_state(count, style, generator=g, gate_temperature=gate_temperature)
         xs, drawn = [], []
         for _ in range(frames // prior.block):
             x, _, state = prior.step(state, temperature, g)
@@ -182,6 +183,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--gate-temperatures", type=float, nargs="+",
+                    default=[DEFAULT_GATE_TEMPERATURE], help="for --draws")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -194,8 +197,10 @@ def main() -> None:
         if os.path.isdir(path):
             path = os.path.join(path, "model.safetensors")
         prior = load_model(path, expected="mel-prior").float().eval()
-        found = (draws(prior, args.reference or args.data, args.count, args.seconds,
-                       args.temperature) if fn is None else fn(prior, args.data))
+        found = ({f"gate_temperature_{t:g}": draws(
+                      prior, args.reference or args.data, args.count, args.seconds,
+                      args.temperature, t) for t in args.gate_temperatures}
+                 if fn is None else fn(prior, args.data))
         result[key] = {"model": path, **found}
         print(key, json.dumps(result[key], indent=1), flush=True)
     result["wall_s"] = round(time.time() - start, 1)

@@ -23,7 +23,7 @@ from flowsuite.cli.common import (
 )
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
-from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE
+from flowsuite.musicflow.prior import DEFAULT_GATE_TEMPERATURE, DEFAULT_TEMPERATURE
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -230,6 +230,10 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--tempo", type=float, default=None, help="For a prior trained with --beats: "
               "the beats per minute of its clock (20 to 400); default: the style's median "
               "tempo in its training music.")
+@click.option("--gate-temperature", type=float, default=None, help="For a prior with an "
+              "onset gate: its log-odds are divided by this when it draws (lower: onsets "
+              "firmer on the beat; 0: the likelier label); default "
+              f"{DEFAULT_GATE_TEMPERATURE:g}.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -245,7 +249,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
-          key: str | None, tempo: float | None, out_path: Path, preview: Path | None,
+          key: str | None, tempo: float | None, gate_temperature: float | None,
+          out_path: Path, preview: Path | None,
           model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
           device: str, force: bool) -> None:
     """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
@@ -272,12 +277,13 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
         gen.prior.style_index(style, 1)  # an unknown style fails before any work
     if key is not None:  # so does an unknown key, or one for a prior without keys
         gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
-    if tempo is not None:  # and a tempo out of range, or for a prior without beats
-        gen.prior.initial_state(1, tempo=tempo)
+    if tempo is not None or gate_temperature is not None:  # a tempo out of range, or for a
+        gen.prior.initial_state(1, tempo=tempo, gate_temperature=gate_temperature)  # plain prior
     prime = None
     if from_path is not None:
         prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
-    mel = gen.generate_mel(seconds, seed, temperature, style, prime, key, tempo)
+    mel = gen.generate_mel(seconds, seed, temperature, style, prime, key, tempo,
+                           gate_temperature)
     audio = gen.vocode(mel, round(seconds * gen.sample_rate), sigma, seed)
     if not np.isfinite(audio).all():
         raise FlowsuiteError("the models produced NaN audio; they are probably undertrained or "
@@ -289,7 +295,9 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
 
         title = (f"gen music --seed {seed} --temperature {temperature:g}"
                  + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else "")
-                 + (f" --tempo {tempo:g}" if tempo is not None else ""))
+                 + (f" --tempo {tempo:g}" if tempo is not None else "")
+                 + (f" --gate-temperature {gate_temperature:g}"
+                    if gate_temperature is not None else ""))
         write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
         click.echo(f"wrote {preview}")
 

@@ -106,16 +106,18 @@ class MusicGenerator:
     @torch.no_grad()
     def generate_mel(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                      style: str | None = None, prime_audio: np.ndarray | None = None,
-                     key: str | int | None = None, tempo: float | None = None) -> torch.Tensor:
+                     key: str | int | None = None, tempo: float | None = None,
+                     gate_temperature: float | None = None) -> torch.Tensor:
         """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``);
         ``key`` for a prior trained with keys (a name such as ``"D minor"``; ``None``: at
         random), ``tempo`` for one trained with beats (beats per minute; ``None``: the
-        style's)."""
+        style's) and ``gate_temperature`` for one with an onset gate (``None``: its default)."""
         seconds = check_seconds(seconds)
         frames = math.ceil(round(seconds * self.sample_rate) / self.prior.hop)
         prime = None if prime_audio is None else self.prime_mel(prime_audio)
         return self.prior.sample(frames, style=style, temperature=temperature, seed=seed,
-                                 prime=prime, key=key, tempo=tempo)[0]
+                                 prime=prime, key=key, tempo=tempo,
+                                 gate_temperature=gate_temperature)[0]
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
@@ -140,15 +142,17 @@ class MusicGenerator:
     def generate(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                  sigma: float = 0.6, style: str | None = None,
                  prime_audio: np.ndarray | None = None,
-                 key: str | int | None = None, tempo: float | None = None
-                 ) -> tuple[np.ndarray, int]:
+                 key: str | int | None = None, tempo: float | None = None,
+                 gate_temperature: float | None = None) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with
         ``prime_audio`` (mono float32 at ``rate``) the music continues that clip (the output
-        holds only the continuation); ``key`` and ``tempo`` as in :meth:`generate_mel`."""
+        holds only the continuation); ``key``, ``tempo`` and ``gate_temperature`` as in
+        :meth:`generate_mel`."""
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise FlowsuiteError(f"temperature must be a non-negative number, not {temperature}")
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
-        mel = self.generate_mel(seconds, seed, temperature, style, prime_audio, key, tempo)
+        mel = self.generate_mel(seconds, seed, temperature, style, prime_audio, key, tempo,
+                                gate_temperature)
         audio = self.vocode(mel, round(check_seconds(seconds) * self.sample_rate), sigma, seed)
         return audio, self.sample_rate

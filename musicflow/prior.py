@@ -82,6 +82,10 @@ KEY_GAIN = 10.0
 # themselves, so the density stays exact): drawn one step at a time, onsets are otherwise
 # independent given the clock, and their pulse a third below the music's (BENCHMARKS.md).
 GATE_HISTORY = 32  # steps: 1.5 s
+# Sampling divides the gate's log-odds by this (bench/prior_beats.py --gate-temperatures): drawn
+# step by step at 1, onsets are a third less periodic than the music's; at 0.3 the drawn labels
+# are as periodic as the music's onsets (BENCHMARKS.md, "A beat for the prior").
+DEFAULT_GATE_TEMPERATURE = 0.3
 BEAT_HARMONICS = (1, 2, 4)  # the beat, its halves and its quarters
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS) + 1
 DEFAULT_TEMPO = 100.0  # beats per minute, where neither the call nor the model names one
@@ -182,7 +186,8 @@ class PriorState:
     ``carry`` prior carries into the next step, for a clocked prior the clock at the next
     step ``(B, 2)``: phase of the beat and tempo (see :func:`clock_features`), and for a gated
     prior which of the last ``GATE_HISTORY`` steps rose ``(B, GATE_HISTORY)``, latest first,
-    and the onset label drawn for the last step ``(B,)``."""
+    the onset label drawn for the last step ``(B,)`` and the temperature of the gate's draws
+    (its log-odds are divided by it; 0: the likelier label)."""
 
     hidden: Tensor
     style: Tensor
@@ -190,6 +195,7 @@ class PriorState:
     clock: Tensor | None = None
     rises: Tensor | None = None
     onset: Tensor | None = None
+    gate_temperature: float = DEFAULT_GATE_TEMPERATURE
 
 
 @register_model("mel-prior")
@@ -814,15 +820,24 @@ class MelPrior(Configurable, nn.Module):
     def initial_state(self, batch: int = 1, style: str | int | None = None,
                       prime: Tensor | None = None,
                       generator: torch.Generator | None = None,
-                      key: str | int | None = None, tempo: float | None = None) -> PriorState:
+                      key: str | int | None = None, tempo: float | None = None,
+                      gate_temperature: float | None = None) -> PriorState:
         """The state before the first sampled step: the GRU has read the start vector and, with
         ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
         so sampling continues it. ``key``: see :meth:`labels`. A clocked prior's clock starts on
         a beat at ``tempo`` beats per minute (``None``: the style's, see :meth:`tempo_of`), or
         after a prime where its beat, tracked (:func:`track_clock`), puts it, at the tracked
         tempo unless ``tempo`` is given; ``tempo`` given to a prior without beats is an
-        error."""
+        error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE``) given to
+        one without an onset gate."""
         dev = self._device()
+        if gate_temperature is not None:
+            if self.gate is None:
+                raise FlowsuiteError(f"this prior has no onset gate; leave out the gate "
+                                     f"temperature (got {gate_temperature:g})")
+            if not (gate_temperature >= 0 and math.isfinite(gate_temperature)):
+                raise FlowsuiteError(f"the gate temperature must be a non-negative number, not "
+                                     f"{gate_temperature:g}")
         styles = self.style_index(style, batch, generator)
         labels = self.labels(styles, key, generator).to(dev)
         clock = None
@@ -859,7 +874,9 @@ class MelPrior(Configurable, nn.Module):
                 if tempo is None:
                     clock[:, 1] = tracked[1]
         _, hidden = self.rnn(inputs)
-        return PriorState(hidden, labels, last, clock, rises)
+        return PriorState(hidden, labels, last, clock, rises, None,
+                          DEFAULT_GATE_TEMPERATURE if gate_temperature is None
+                          else float(gate_temperature))
 
     def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
@@ -869,15 +886,20 @@ class MelPrior(Configurable, nn.Module):
         ctx = self._context(state.hidden[-1], state.style, state.last)
         onset = rises = None
         if self.gate is not None:  # an onset or not, then the step given it
-            p = torch.sigmoid(self.gate_logits(ctx, state.clock, state.rises).float())
-            onset = torch.bernoulli(p, generator=generator)
+            logit = self.gate_logits(ctx, state.clock, state.rises).float()
+            if state.gate_temperature > 0:
+                onset = torch.bernoulli(torch.sigmoid(logit / state.gate_temperature),
+                                        generator=generator)
+            else:
+                onset = (logit > 0).float()
         x, lp = self.draw_step(ctx, temperature, generator, onset)
         _, hidden = self.rnn(self._as_read(x, generator)[:, None], state.hidden)
         clock = None if state.clock is None else self.advance(state.clock)
         if state.rises is not None:
             rose = self.step_rises(x[:, None], state.last)
             rises = torch.cat([rose.to(state.rises), state.rises[:, :-1]], dim=1)
-        return x, lp, PriorState(hidden, state.style, x, clock, rises, onset)
+        return x, lp, PriorState(hidden, state.style, x, clock, rises, onset,
+                                 state.gate_temperature)
 
     @torch.no_grad()
     def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
@@ -909,18 +931,19 @@ class MelPrior(Configurable, nn.Module):
     def sample(self, frames: int, style: str | int | None = None,
                temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                generator: torch.Generator | None = None, prime: Tensor | None = None,
-               batch: int = 1, key: str | int | None = None, tempo: float | None = None
-               ) -> Tensor:
+               batch: int = 1, key: str | int | None = None, tempo: float | None = None,
+               gate_temperature: float | None = None) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
         ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or index, ``None`` at
         random) the key; ``tempo`` (a clocked prior: beats per minute, ``None``: the style's)
-        the clock's. Memory does not grow with ``frames`` beyond the output."""
+        the clock's; ``gate_temperature`` (a gated prior) that of its onset draws (see
+        :meth:`initial_state`). Memory does not grow with ``frames`` beyond the output."""
         if generator is None:
             generator = torch.Generator(device=self._device())
             generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))
-        state = self.initial_state(batch, style, prime, generator, key, tempo)
+        state = self.initial_state(batch, style, prime, generator, key, tempo, gate_temperature)
         return torch.cat([m for m, _, _ in self.stream(frames, state, temperature, generator)],
                          dim=-1)
 

@@ -14,6 +14,7 @@ from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.metrics import mel_onset_frames
 from flowsuite.musicflow.prior import (
     BEAT_FEATURES,
+    DEFAULT_GATE_TEMPERATURE,
     GATE_HISTORY,
     MelPrior,
     clock_features,
@@ -174,8 +175,9 @@ def test_clocked_sampling_is_seeded_and_checks_the_tempo():
     assert a.shape == (1, 8, 20) and torch.isfinite(a).all()
     assert torch.equal(a, gated.sample(20, style="a", seed=3))
     assert torch.equal(a, gated.sample(20, style="a", seed=3, tempo=90))  # the style's tempo
-    assert any(not torch.equal(gated.sample(20, style="a", seed=s),
-                               gated.sample(20, style="a", seed=s, tempo=150)) for s in range(8))
+    assert any(not torch.equal(gated.sample(20, style="a", seed=s, gate_temperature=1.0),
+                               gated.sample(20, style="a", seed=s, tempo=150,
+                                            gate_temperature=1.0)) for s in range(8))
     state = gated.initial_state(2, "b", tempo=None)
     assert state.clock.tolist() == [[0.0, 100.0], [0.0, 100.0]]  # no tempo for b: "all"'s
     fps = gated.frames_per_second
@@ -186,6 +188,19 @@ def test_clocked_sampling_is_seeded_and_checks_the_tempo():
             gated.sample(4, tempo=bad)
     with pytest.raises(FlowsuiteError, match="without beats"):
         _tiny().sample(4, tempo=90)
+    # the gate's temperature: 0 draws the likelier label, a lower one follows the odds more
+    g = torch.Generator().manual_seed(0)
+    firm = gated.initial_state(64, "a", generator=g, gate_temperature=0.0)
+    assert firm.gate_temperature == 0.0
+    ctx = gated._context(firm.hidden[-1], firm.style, firm.last)
+    likelier = (gated.gate_logits(ctx, firm.clock, firm.rises) > 0).float()
+    assert torch.equal(gated.step(firm, 0.7, g)[2].onset, likelier)
+    assert gated.initial_state(1, "a").gate_temperature == DEFAULT_GATE_TEMPERATURE
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(FlowsuiteError, match="gate temperature"):
+            gated.sample(4, gate_temperature=bad)
+    with pytest.raises(FlowsuiteError, match="no onset gate"):
+        _tiny().sample(4, gate_temperature=0.5)
 
 
 def _click_track(bpm: float, first: int, frames: int) -> tuple[torch.Tensor, float]:

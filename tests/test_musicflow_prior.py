@@ -538,15 +538,19 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
     assert model.tempi["chorale"] == pytest.approx(80.0)
     out = tmp_path / "t.wav"
     r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim", "--tempo",
-                96, "--style", "folk", "--out", out, "--device", "cpu")
+                96, "--style", "folk", "--gate-temperature", 0.5, "--out", out, "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert len(sf.read(out)[0]) == SR
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                   "--gate-temperature", -1, "--out", tmp_path / "x.wav"), "gate temperature")
     for bad in ("0", "1000", "nan"):
         _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                        "--tempo", bad, "--out", tmp_path / "x.wav"), "beats per minute")
     plain, _ = models
     _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
                    "--tempo", 90, "--out", tmp_path / "y.wav"), "without beats")
+    _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
+                   "--gate-temperature", 0.5, "--out", tmp_path / "y.wav"), "no onset gate")
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
 
 
