@@ -546,6 +546,14 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
     for bad in ("0", "1000", "nan"):
         _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                        "--tempo", bad, "--out", tmp_path / "x.wav"), "beats per minute")
+    # fine-tuning a clocked prior: on a set with beats it reads them, on plain audio no clock
+    for data, out_dir in ((beat_set, tmp_path / "ft-beats"), (beat_set / "audio",
+                                                               tmp_path / "ft-plain")):
+        r = _invoke("finetune", "music", "--part", "prior", "--from", run, "--data", data,
+                    "--out", out_dir, "--steps", 1, "--batch-size", 2, "--segment-frames", 16,
+                    "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        assert load_model(out_dir / "model.safetensors").config == model.config
     plain, _ = models
     _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
                    "--tempo", 90, "--out", tmp_path / "y.wav"), "without beats")
