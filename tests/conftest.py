@@ -64,3 +64,22 @@ def step_clock(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(trainer_module, "time", clock)
     return clock
+
+
+@pytest.fixture
+def tiny_prior():
+    """A factory of tiny mel priors: 8 bands, 2-frame steps, styles "a" and "b", a 3-component
+    mixture, any other argument given, seeded, ActNorm initialised by a first batch."""
+    import torch
+
+    from flowsuite.musicflow.prior import MelPrior
+
+    def make(**kw) -> MelPrior:
+        torch.manual_seed(0)
+        model = MelPrior(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], style_dim=3,
+                         styles=["a", "b"], mixture=3, **kw)
+        with torch.no_grad():
+            model(torch.randn(4, 8, 6))
+        return model
+
+    return make

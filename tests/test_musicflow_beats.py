@@ -23,15 +23,6 @@ from flowsuite.musicflow.prior import (
 from flowsuite.musicflow.prior_train import MelCorpus, MelCrops
 
 
-def _tiny(**kw) -> MelPrior:
-    torch.manual_seed(0)
-    model = MelPrior(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], style_dim=3,
-                     styles=["a", "b"], mixture=3, **kw)
-    with torch.no_grad():
-        model(torch.randn(4, 8, 6))
-    return model
-
-
 def _moved(model: MelPrior, scale: float = 0.1) -> MelPrior:
     """Every weight off its initialisation (zero-initialised parts would pass any formula)."""
     with torch.no_grad():
@@ -90,8 +81,8 @@ def test_clock_features_are_periodic_and_zero_without_a_clock():
     assert not f[3].any()
 
 
-def test_a_gated_prior_starts_as_the_plain_one_and_its_density_is_exact():
-    plain = _moved(_tiny())
+def test_a_gated_prior_starts_as_the_plain_one_and_its_density_is_exact(tiny_prior):
+    plain = _moved(tiny_prior())
     gated = MelPrior.from_trained(plain, onset_gate=True).eval()
     mel = torch.randn(2, 8, 12) - 3
     with torch.no_grad():
@@ -114,8 +105,8 @@ def test_a_gated_prior_starts_as_the_plain_one_and_its_density_is_exact():
         assert torch.allclose(torch.logsumexp(joints, 0), marginal, atol=1e-3)
 
 
-def test_the_gate_reads_the_rises_of_the_steps_before_as_sampling_made_them():
-    gated = _moved(MelPrior.from_trained(_tiny(), onset_gate=True, beats=True))
+def test_the_gate_reads_the_rises_of_the_steps_before_as_sampling_made_them(tiny_prior):
+    gated = _moved(MelPrior.from_trained(tiny_prior(), onset_gate=True, beats=True))
     mel = _clicks(16, 8, 2)[None]  # clicks in steps 1 and 5: rises there
     steps = gated.to_steps(gated.normalise(mel))
     rises = gated.step_rises(steps)
@@ -137,8 +128,8 @@ def test_the_gate_reads_the_rises_of_the_steps_before_as_sampling_made_them():
     assert primed.rises[0, :8].tolist() == [0, 0, 1, 0, 0, 0, 1, 0]
 
 
-def test_training_reads_the_onsets_of_the_data_and_the_gate_reads_the_clock():
-    gated = MelPrior.from_trained(_tiny(), onset_gate=True, beats=True, tempi={"a": 90.0})
+def test_training_reads_the_onsets_of_the_data_and_the_gate_reads_the_clock(tiny_prior):
+    gated = MelPrior.from_trained(tiny_prior(), onset_gate=True, beats=True, tempi={"a": 90.0})
     assert gated.beats and gated.config["beats"] and gated.config["tempi"] == {"a": 90.0}
     mel = torch.stack([_clicks(16, 8, 2), _clicks(16, 8, 4)])
     assert gated.onset_labels(mel).tolist() == [[0, 1, 0, 0, 0, 1, 0, 0], [0, 0, 1, 0] * 2]
@@ -156,15 +147,15 @@ def test_training_reads_the_onsets_of_the_data_and_the_gate_reads_the_clock():
     with pytest.raises(ValueError, match="clock"):
         gated({"mel": mel, "style": torch.tensor([0, 1]), "beat": clock[:, :8]})
     with pytest.raises(ValueError, match="onset_gate"):
-        _tiny(beats=True)
+        tiny_prior(beats=True)
     with pytest.raises(ValueError, match="excludes"):
-        _tiny(onset_gate=True, rollout=1)
+        tiny_prior(onset_gate=True, rollout=1)
     with pytest.raises(ValueError, match="needs a mixture latent"):
         MelPrior(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], onset_gate=True)
 
 
-def test_clocked_sampling_is_seeded_and_checks_the_tempo():
-    gated = _moved(MelPrior.from_trained(_tiny(), onset_gate=True, beats=True,
+def test_clocked_sampling_is_seeded_and_checks_the_tempo(tiny_prior):
+    gated = _moved(MelPrior.from_trained(tiny_prior(), onset_gate=True, beats=True,
                                          tempi={"a": 90.0, "all": 100.0}))
     with torch.no_grad():  # a gate that the clock moves, and the two mixtures apart
         for p in gated.gate.parameters():
@@ -187,7 +178,7 @@ def test_clocked_sampling_is_seeded_and_checks_the_tempo():
         with pytest.raises(FlowsuiteError, match="beats per minute"):
             gated.sample(4, tempo=bad)
     with pytest.raises(FlowsuiteError, match="without beats"):
-        _tiny().sample(4, tempo=90)
+        tiny_prior().sample(4, tempo=90)
     # the gate's temperature: 0 draws the likelier label, a lower one follows the odds more
     g = torch.Generator().manual_seed(0)
     firm = gated.initial_state(64, "a", generator=g, gate_temperature=0.0)
@@ -200,7 +191,7 @@ def test_clocked_sampling_is_seeded_and_checks_the_tempo():
         with pytest.raises(FlowsuiteError, match="gate temperature"):
             gated.sample(4, gate_temperature=bad)
     with pytest.raises(FlowsuiteError, match="no onset gate"):
-        _tiny().sample(4, gate_temperature=0.5)
+        tiny_prior().sample(4, gate_temperature=0.5)
 
 
 def _click_track(bpm: float, first: int, frames: int) -> tuple[torch.Tensor, float]:
@@ -224,8 +215,8 @@ def test_track_clock_finds_the_tempo_and_phase_of_a_click_track(bpm):
     assert track_clock(torch.full((80, 200), -6.0), 22050 / 256) is None  # no beat: no clock
 
 
-def test_a_clocked_continuation_starts_its_clock_on_the_primes_beat():
-    gated = MelPrior.from_trained(_tiny(), onset_gate=True, beats=True, tempi={"a": 70.0})
+def test_a_clocked_continuation_starts_its_clock_on_the_primes_beat(tiny_prior):
+    gated = MelPrior.from_trained(tiny_prior(), onset_gate=True, beats=True, tempi={"a": 70.0})
     mel, phase = _click_track(120.0, 7, 520)
     prime = mel[:8]  # the tiny prior's 8 bands
     state = gated.initial_state(1, "a", prime=prime)

@@ -66,17 +66,8 @@ def test_estimate_key_finds_the_key_of_a_scale():
     assert estimate_key(np.zeros(10, np.float32), SR) == -1
 
 
-def _tiny(**kw) -> MelPrior:
-    torch.manual_seed(0)
-    model = MelPrior(n_mel=8, block=2, hidden=12, n_flows=2, flow_hidden=[16], style_dim=3,
-                     styles=["a", "b"], mixture=3, **kw)
-    with torch.no_grad():
-        model(torch.randn(4, 8, 6))
-    return model
-
-
-def test_a_keyed_prior_starts_as_the_plain_one_and_then_reads_the_key():
-    plain = _tiny()
+def test_a_keyed_prior_starts_as_the_plain_one_and_then_reads_the_key(tiny_prior):
+    plain = tiny_prior()
     with torch.no_grad():
         for p in plain.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -109,8 +100,8 @@ def test_a_keyed_prior_starts_as_the_plain_one_and_then_reads_the_key():
         keyed.sample(4, key="H major")
 
 
-def test_keyed_sampling_is_seeded_and_its_density_is_the_teacher_forced_one():
-    model = MelPrior.from_trained(_tiny(), keys=True).eval()
+def test_keyed_sampling_is_seeded_and_its_density_is_the_teacher_forced_one(tiny_prior):
+    model = MelPrior.from_trained(tiny_prior(), keys=True).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
