@@ -71,20 +71,18 @@ DEFAULT_TEMPERATURE = 0.7
 KEY_GAIN = 10.0
 
 # The onset gate (``onset_gate=True``; BENCHMARKS.md "A beat for the prior"). Each step is an
-# onset or not (a frame of it is a mel onset, `mel_onset_frames`); a gate predicts that from the
-# context, and for a clocked prior (``beats=True``) from the phase of the beat too, and the
-# step's latent is drawn from one of two context mixtures, the onset steps' or the others'. The
-# label is worth at most its own entropy, a few tenths of a nat per step against some 25 for
-# what sounds, so a flow that merely reads it learns to ignore it (so did a plain prior the
-# beat); with a mixture per label, each is fitted to its own steps alone.
-# The gate also reads which of the last GATE_HISTORY steps rose (the mean log-mel frame of the
-# step over the step before's by MEL_ONSET_RISE nats or more, a function of the steps
-# themselves, so the density stays exact): drawn one step at a time, onsets are otherwise
-# independent given the clock, and their pulse a third below the music's (BENCHMARKS.md).
+# onset or not (a frame of it is a mel onset, `mel_onset_frames`). A gate predicts which, with
+# its own loss: a clocked prior's (``beats=True``) from the phase of the beat and the tempo, the
+# style and which of the last GATE_HISTORY steps rose (the step's mean log-mel frame over the
+# step before's by MEL_ONSET_RISE nats or more: a function of the steps themselves, so the
+# density stays exact); an unclocked one's from the GRU's summary and the rises. The step's
+# latent then comes from one of two context mixtures, the onset steps' or the others'. A label
+# is worth at most its own entropy, a few tenths of a nat per step against some 25 for what
+# sounds: a flow that merely read it ignored it, as a plain prior ignored the beat.
 GATE_HISTORY = 32  # steps: 1.5 s
 # Sampling divides the gate's log-odds by this (bench/prior_beats.py --gate-temperatures): drawn
 # step by step at 1, onsets are a third less periodic than the music's; at 0.3 the drawn labels
-# are as periodic as the music's onsets (BENCHMARKS.md, "A beat for the prior").
+# are as periodic as the music's onsets.
 DEFAULT_GATE_TEMPERATURE = 0.3
 BEAT_HARMONICS = (1, 2, 4)  # the beat, its halves and its quarters
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS) + 1
@@ -250,7 +248,7 @@ class MelPrior(Configurable, nn.Module):
             less from key to key, at 0.7 no less (BENCHMARKS.md, "Does the music keep its
             key?"). 0 (the default) leaves the past as it is.
         onset_gate: model each step as an onset or not explicitly (see the note above
-            ``BEAT_HARMONICS``): the likelihood of a step is the gate's probability of its label
+            ``GATE_HISTORY``): the likelihood of a step is the gate's probability of its label
             times the density under that label's latent mixture (training, with the label of
             the data); :meth:`log_prob` sums over both labels (exact); sampling draws the label,
             then the step. The onset mixture starts as a copy of the other (``from_trained``),
