@@ -8,7 +8,9 @@ music`), each optional:
   phase of the beat and the tempo, ``clock_features``), and from both: logistic regressions fitted
   on crops of four fifths of the training files, scored (log loss, AUC) on the other fifth.
 * ``--gated MODEL`` (a prior trained with ``--beats``): its onset gate on held-out crops (the val
-  and test splits) given the true clock, the clock an eighth of a beat off, and no clock.
+  and test splits) given the scores' clock, that clock an eighth of a beat off, the clock of
+  beats tracked in the audio (``track_beats``, what a plain folder of audio trains with) and no
+  clock.
 * ``--draws MODEL`` (a gated prior): free-running clips per style, with the onset label the gate
   drew at every step (at each of ``--gate-temperatures``): how often it draws one, how often a
   drawn onset is one in the mel, and the pulse clarity (`musicflow.metrics.pulse_clarity`) of
@@ -16,7 +18,8 @@ music`), each optional:
   crops of held-out music beside them (the test split of ``--reference``, by default
   ``--data``).
 
-    python bench/prior_beats.py --data music-beats --hazard data/models/mel-prior.safetensors \\
+    git show feb6609:data/models/mel-prior.safetensors > stage3.safetensors  # before the gate
+    python bench/prior_beats.py --data music-beats --hazard stage3.safetensors \\
         --gated runs/prior-beats --draws runs/prior-beats --reference music8 \\
         --gate-temperatures 1 0.5 0.3 --out bench/results/prior_beats.json
 """
@@ -35,7 +38,12 @@ from torch.utils.data import default_collate
 
 from flowsuite.core.checkpoint import load_model
 from flowsuite.musicflow.metrics import pulse_clarity
-from flowsuite.musicflow.prior import DEFAULT_GATE_TEMPERATURE, MelPrior, clock_features
+from flowsuite.musicflow.prior import (
+    DEFAULT_GATE_TEMPERATURE,
+    MelPrior,
+    clock_features,
+    track_beats,
+)
 from flowsuite.musicflow.prior_train import MelCorpus, MelCrops
 
 
@@ -118,10 +126,14 @@ def gated(prior: MelPrior, data: Path, frames: int = 256) -> dict:
         y = prior.onset_labels(mel).flatten()
         shifted = clock.clone()
         shifted[..., 0] = torch.remainder(shifted[..., 0] + 0.125, 1.0)
+        tracked = MelCorpus(corpus.mels, corpus.labels, corpus.styles, beats=[
+            track_beats(m.float(), prior.frames_per_second).numpy() for m in corpus.mels])
+        tracked_crops = MelCrops(tracked, frames, random=False, limit=64)
+        tracked_clock = torch.stack([tracked_crops[i]["beat"] for i in range(len(crops))])
         out[split] = {name: _scores(prior.gate_logits(
             ctx, None if c is None else prior.step_clock(c, frames), history).flatten().float(), y)
             for name, c in (("true_clock", clock), ("clock_eighth_beat_off", shifted),
-                            ("no_clock", None))}
+                            ("tracked_clock", tracked_clock), ("no_clock", None))}
     return out
 
 

@@ -108,9 +108,10 @@ def _resume_config(out_dir: Path) -> dict | None:
                    "the mel's onsets (default: off, or --init's; with --init the flow starts "
                    "as it was).")
 @click.option("--beats/--no-beats", default=None,
-              help="The onset gate also reads a clock, the phase of the beat and the tempo, "
-                   "from the beats of the scores in a music set's manifest; `gen music --tempo` "
-                   "then sets it (implies --onset-gate; default: off, or --init's).")
+              help="The onset gate also reads a clock, the phase of the beat and the tempo: "
+                   "the beats of the scores in a music set's manifest, else beats tracked in the "
+                   "audio; `gen music --tempo` then sets it (implies --onset-gate; default: off, "
+                   "or --init's).")
 @click.option("--init", "init_path", default=None, type=click.Path(path_type=Path),
               help="Start from the weights of a trained prior (run folder or model file); its "
                    "statistics and styles are kept and new parts (--mixture, --flows) start "
@@ -159,9 +160,9 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
                                    beats=clocked)
     has_beats = any(len(b) >= 2 for b in corpus.beats)
     if beats and not has_beats:
-        raise FlowsuiteError(f"--beats needs the beats of the scores, and {data_dir} has none: "
-                             "give a music set made by `gen data music` (its manifest lists "
-                             "them), or leave out --beats")
+        raise FlowsuiteError(f"--beats needs beats, and none were found in {data_dir}: give "
+                             "music with a beat, or a music set made by `gen data music` (its "
+                             "manifest lists the scores' beats), or leave out --beats")
     val = None
     if is_set:
         try:

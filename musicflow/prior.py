@@ -152,28 +152,35 @@ class ContextAffine(Bijection):
         return x, ld if spline_ld is None else ld + spline_ld
 
 
-def track_clock(mel: Tensor, frames_per_second: float) -> tuple[float, float] | None:
-    """The beat of a log-mel ``(n_mel, F)``, tracked (librosa's beat tracker on the mean rise
-    over bands): ``(phase of the beat just after the last frame, tempo in beats per minute)``, or
-    ``None`` where fewer than two beats, or a tempo outside ``TEMPO_RANGE``, are found. A clocked
-    prior continuing a clip starts its clock there."""
+def track_beats(mel: Tensor, frames_per_second: float) -> Tensor:
+    """The beats of a log-mel ``(n_mel, F)``, tracked: frame positions ``(N,)`` (float64) from
+    librosa's beat tracker on the mean rise over bands. On held-out music it finds the scores'
+    tempo in most files and half of it in some (BENCHMARKS.md, "A beat for the prior")."""
     import librosa
-    import numpy as np
 
     m = mel.detach().float().cpu()
     rise = torch.nn.functional.pad((m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0), (2, 0))
     hop = 512  # any: the tracker works in frames, given their rate as sr / hop
     _, beats = librosa.beat.beat_track(onset_envelope=rise.numpy(), hop_length=hop,
                                        sr=frames_per_second * hop)
+    return torch.as_tensor(beats, dtype=torch.float64)
+
+
+def track_clock(mel: Tensor, frames_per_second: float) -> tuple[float, float] | None:
+    """The clock at the end of a log-mel ``(n_mel, F)`` from its tracked beats
+    (:func:`track_beats`): ``(phase of the beat just after the last frame, tempo in beats per
+    minute)``, or ``None`` where fewer than two beats, or a tempo outside ``TEMPO_RANGE``, are
+    found. A clocked prior continuing a clip starts its clock there."""
+    beats = track_beats(mel, frames_per_second)
     if len(beats) < 2:
         return None
-    period = float(np.median(np.diff(beats)))
+    period = float(beats.diff().median())
     bpm = 60.0 * frames_per_second / period
     if not TEMPO_RANGE[0] <= bpm <= TEMPO_RANGE[1]:
         return None
     # the grid's anchor: the median over beats (the tracker's last beat is often early)
-    anchor = float(np.median(beats - period * np.arange(len(beats))))
-    return float(((m.shape[-1] - anchor) / period) % 1.0), bpm
+    anchor = float((beats - period * torch.arange(len(beats))).median())
+    return float(((mel.shape[-1] - anchor) / period) % 1.0), bpm
 
 
 @dataclass

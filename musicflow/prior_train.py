@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.trainer import FitSummary, TrainConfig, Trainer
 from flowsuite.musicflow.mel import HOP, SAMPLE_RATE, MelSpectrogram
-from flowsuite.musicflow.prior import MelPrior
+from flowsuite.musicflow.prior import MelPrior, track_beats
 
 
 @dataclass
@@ -32,8 +32,8 @@ class MelCorpus:
     """Whole log-mels of a set of audio files, kept in memory (float16, ``(n_mel, F_i)`` each),
     with a style index per file (-1: none), the style names and, when asked for, each file's key
     estimated from its audio (:func:`~flowsuite.musicflow.keys.estimate_key`; empty if not) and
-    each file's beats as mel frame positions (from a music set's manifest; an empty array for a
-    file without them; the list empty if not asked for)."""
+    each file's beats as mel frame positions (the scores' from a music set's manifest, else
+    tracked from the audio; the list empty if not asked for)."""
 
     mels: list[torch.Tensor]
     labels: list[int]
@@ -51,8 +51,8 @@ class MelCorpus:
         manifest) or of every audio file in a plain folder (no styles). Files shorter than
         ``min_frames`` frames of sound are skipped with a warning (see ``AudioFolder``).
         ``keys``: also estimate each file's key; ``beats``: also read each file's beats from
-        the manifest (files of a plain folder, or of a set rendered before manifests held
-        beats, have none)."""
+        the manifest, or track them in its audio (:func:`~flowsuite.musicflow.prior.track_beats`)
+        for a file of a plain folder or of a set rendered before manifests held beats."""
         import soundfile as sf
 
         from flowsuite.data.audio import AudioFolder, resample
@@ -89,8 +89,12 @@ class MelCorpus:
             if keys:
                 found.append(estimate_key(x, sample_rate))
             if beats:  # seconds in the file -> frames of the mel of its sound
-                at = np.asarray(score_beats.get(info.path.resolve(), []), dtype=np.float64)
-                beat_frames.append((at - info.start / info.sample_rate) * sample_rate / hop)
+                listed = score_beats.get(info.path.resolve())
+                if listed:
+                    at = np.asarray(listed, dtype=np.float64)
+                    beat_frames.append((at - info.start / info.sample_rate) * sample_rate / hop)
+                else:
+                    beat_frames.append(track_beats(mels[-1], sample_rate / hop).numpy())
         return cls(mels, labels, list(folder.styles) if is_set else [], found, beat_frames,
                    sample_rate / hop)
 

@@ -509,13 +509,23 @@ def test_train_prior_with_keys_and_gen_music_in_a_key(models, music_set, tmp_pat
 
 
 def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_path):
-    """``--beats``: each file's clock comes from the manifest's beats, the prior gets an onset
-    gate that reads it and the median tempo per style; `gen music --tempo` sets its clock. A
-    set without beats, a tempo for a prior without beats and an absurd tempo: one line each."""
-    _fails(_invoke("train", "prior", "--data", music_set, "--out", tmp_path / "none",
-                   "--preset", "tiny", "--steps", 1, "--segment-frames", 16, "--beats"),
-           "--beats", "beats of the scores")
+    """``--beats``: each file's clock comes from the manifest's beats (or beats tracked in the
+    audio), the prior gets an onset gate that reads it and the median tempo per style; `gen
+    music --tempo` sets its clock. Music with no beat to find, a tempo for a prior without
+    beats and an absurd tempo: one line each."""
+    drone = tmp_path / "drone"
+    drone.mkdir()
+    t = np.arange(2 * SR) / SR
+    for i in range(2):
+        sf.write(drone / f"{i}.wav", (0.2 * np.sin(2 * math.pi * 220 * (i + 1) * t)), SR)
+    _fails(_invoke("train", "prior", "--data", drone, "--out", tmp_path / "none",
+                   "--preset", "tiny", "--steps", 1, "--segment-frames", 16, "--beats",
+                   "--mixture", 2), "--beats", "none were found")
     assert not (tmp_path / "none").exists()
+    from flowsuite.musicflow.prior_train import MelCorpus
+
+    tracked = MelCorpus.from_folder(music_set, split="train", beats=True)  # no beats listed
+    assert any(len(b) >= 2 for b in tracked.beats)
     beat_set = tmp_path / "beat_set"
     (beat_set / "audio").mkdir(parents=True)
     with open(beat_set / "manifest.jsonl", "w") as f:
