@@ -334,6 +334,9 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
               help="Clips per system (the held-out side uses twice as many).")
 @click.option("--seconds", type=float, default=6.0, show_default=True, help="Seconds per clip.")
 @click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("--gate-temperature", type=float, default=None,
+              help="For a prior with an onset gate: the temperature of its draws (default "
+                   f"{DEFAULT_GATE_TEMPERATURE:g}; see gen music).")
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")
@@ -351,8 +354,9 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
                    "only (the manifest's style, or a plain folder's sub-folder name).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
-               seconds: float, temperature: float, sigma: float, json_path: Path | None,
-               device: str, seed: int, draws: int, style: str | None, force: bool) -> None:
+               seconds: float, temperature: float, gate_temperature: float | None, sigma: float,
+               json_path: Path | None, device: str, seed: int, draws: int, style: str | None,
+               force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
     (held-out clips against other held-out clips) and those clips vocoded from their mels (the
     best the prior could do with this vocoder); lower is closer. With --style, one style's
@@ -380,6 +384,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
         _vocoder_arg(vocoder_path), device=dev)
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
+    if gate_temperature is not None:  # so does a bad gate temperature, or one for a plain prior
+        gen.prior.initial_state(1, gate_temperature=gate_temperature)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count, style)
@@ -388,7 +394,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     clips = {}
     seeds = [seed + d * n + i for d in range(draws) for i in range(n)]
     with click.progressbar(seeds, label="generating", file=None) as bar:
-        generated = [gen.generate(seconds, s, temperature, sigma, style)[0] for s in bar]
+        generated = [gen.generate(seconds, s, temperature, sigma, style,
+                                  gate_temperature=gate_temperature)[0] for s in bar]
     clips["generated"] = generated[:n]
     # The other held-out clips through their mels and this vocoder: what a perfect prior would
     # score, so the gap to the ideal splits into the prior's part and the vocoder's.
@@ -424,7 +431,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     result = {"model": str(model_path or "shipped mel-prior"),
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
-              "seconds": seconds, "temperature": temperature, "sigma": sigma, "seed": seed,
+              "seconds": seconds, "temperature": temperature,
+              "gate_temperature": gate_temperature, "sigma": sigma, "seed": seed,
               "style": style, "metrics": metrics, "key_stability": keys,
               "rhythm_features": rhythm_features}
     if spread is not None:

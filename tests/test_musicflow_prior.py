@@ -569,6 +569,15 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
                    "--tempo", 90, "--out", tmp_path / "y.wav"), "without beats")
     _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
                    "--gate-temperature", 0.5, "--out", tmp_path / "y.wav"), "no onset gate")
+    # gen eval music samples at the gate temperature asked for
+    js = tmp_path / "e.json"
+    r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", beat_set,
+                "--count", 2, "--seconds", 1, "--gate-temperature", 0.5, "--json", js,
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert json.loads(js.read_text())["gate_temperature"] == 0.5
+    _fails(_invoke("eval", "music", "--model", plain, "--vocoder", "griffin-lim", "--data",
+                   beat_set, "--gate-temperature", 0.5), "no onset gate")
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
 
 
