@@ -234,7 +234,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--gate-temperature", type=float, default=None, help="For a prior with an "
               "onset gate: its log-odds are divided by this when it draws (lower: onsets "
               "firmer on the beat; 0: the likelier label); default "
-              f"{DEFAULT_GATE_TEMPERATURE:g}.")
+              f"{DEFAULT_GATE_TEMPERATURE:g} for a prior trained with --beats, 1 without.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -336,7 +336,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
 @click.option("--gate-temperature", type=float, default=None,
               help="For a prior with an onset gate: the temperature of its draws (default "
-                   f"{DEFAULT_GATE_TEMPERATURE:g}; see gen music).")
+                   f"{DEFAULT_GATE_TEMPERATURE:g} with a clock, 1 without; see gen music).")
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")

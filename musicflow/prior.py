@@ -80,9 +80,10 @@ KEY_GAIN = 10.0
 # is worth at most its own entropy, a few tenths of a nat per step against some 25 for what
 # sounds: a flow that merely read it ignored it, as a plain prior ignored the beat.
 GATE_HISTORY = 32  # steps: 1.5 s
-# Sampling divides the gate's log-odds by this (bench/prior_beats.py --gate-temperatures): drawn
-# step by step at 1, onsets are a third less periodic than the music's; at 0.3 the drawn labels
-# are as periodic as the music's onsets.
+# Sampling divides a clocked gate's log-odds by this (bench/prior_beats.py --gate-temperatures):
+# drawn step by step at 1, onsets are a third less periodic than the music's; at 0.3 the drawn
+# labels are as periodic as the music's onsets. A gate without a clock draws at its own odds (1):
+# at 0.3 it opened on under 3% of steps.
 DEFAULT_GATE_TEMPERATURE = 0.3
 BEAT_HARMONICS = (1, 2, 4)  # the beat, its halves and its quarters
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS) + 1
@@ -833,8 +834,8 @@ class MelPrior(Configurable, nn.Module):
         a beat at ``tempo`` beats per minute (``None``: the style's, see :meth:`tempo_of`), or
         after a prime where its beat, tracked (:func:`track_clock`), puts it, at the tracked
         tempo unless ``tempo`` is given; ``tempo`` given to a prior without beats is an
-        error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE``) given to
-        one without an onset gate."""
+        error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE`` for a
+        clocked prior, 1 for a gate without a clock) given to one without an onset gate."""
         dev = self._device()
         if gate_temperature is not None:
             if self.gate is None:
@@ -880,8 +881,8 @@ class MelPrior(Configurable, nn.Module):
                     clock[:, 1] = tracked[1]
         _, hidden = self.rnn(inputs)
         return PriorState(hidden, labels, last, clock, rises, None,
-                          DEFAULT_GATE_TEMPERATURE if gate_temperature is None
-                          else float(gate_temperature))
+                          float(gate_temperature) if gate_temperature is not None
+                          else DEFAULT_GATE_TEMPERATURE if self.beats else 1.0)
 
     def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:

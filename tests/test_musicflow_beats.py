@@ -187,6 +187,8 @@ def test_clocked_sampling_is_seeded_and_checks_the_tempo(tiny_prior):
     likelier = (gated.gate_logits(ctx, firm.clock, firm.rises) > 0).float()
     assert torch.equal(gated.step(firm, 0.7, g)[2].onset, likelier)
     assert gated.initial_state(1, "a").gate_temperature == DEFAULT_GATE_TEMPERATURE
+    clockless = MelPrior.from_trained(tiny_prior(), onset_gate=True)  # draws at its own odds
+    assert clockless.initial_state(1, "a").gate_temperature == 1.0
     for bad in (-1.0, float("nan")):
         with pytest.raises(FlowsuiteError, match="gate temperature"):
             gated.sample(4, gate_temperature=bad)
