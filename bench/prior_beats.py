@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import default_collate
 
 from flowsuite.core.checkpoint import load_model
-from flowsuite.musicflow.metrics import pulse_clarity
+from flowsuite.musicflow.metrics import mel_rise, pulse_clarity
 from flowsuite.musicflow.prior import (
     DEFAULT_GATE_TEMPERATURE,
     MelPrior,
@@ -137,14 +137,19 @@ def gated(prior: MelPrior, data: Path, frames: int = 256) -> dict:
     return out
 
 
+def _label_pulse(labels: torch.Tensor, prior: MelPrior) -> float:
+    """Mean pulse clarity of per-step labels ``(B, T)``, each held for its step's frames."""
+    return round(float(np.mean([pulse_clarity(lab.repeat_interleave(prior.block).numpy(),
+                                              prior.frames_per_second) for lab in labels])), 4)
+
+
 def _pulses(mel: torch.Tensor, prior: MelPrior) -> dict[str, float]:
     """Pulse clarity of the onset labels and of the broadband rise of log-mels (B, n_mel, F)."""
     fps = prior.frames_per_second
     labels = prior.onset_labels(mel)
-    rise = (mel[:, :, 2:] - mel[:, :, :-2]).clamp_min(0).mean(1)
-    return {"onset_labels": round(float(np.mean([pulse_clarity(
-                lab.repeat_interleave(prior.block).numpy(), fps) for lab in labels])), 4),
-            "mel_rise": round(float(np.mean([pulse_clarity(r.numpy(), fps) for r in rise])), 4),
+    return {"onset_labels": _label_pulse(labels, prior),
+            "mel_rise": round(float(np.mean([pulse_clarity(r.numpy(), fps)
+                                             for r in mel_rise(mel)])), 4),
             "mel_onsets_per_s": round(labels.sum().item() / (mel.shape[0] * mel.shape[-1] / fps),
                                       3)}
 
@@ -176,8 +181,7 @@ def draws(prior: MelPrior, reference: Path, count: int, seconds: float, temperat
             "drawn_onset_share": round(o.mean().item(), 4),
             "mel_onset_when_drawn": round(labels[o == 1].mean().item(), 3),
             "mel_onset_when_not": round(labels[o == 0].mean().item(), 4),
-            "pulse_of_drawn_labels": round(float(np.mean([pulse_clarity(
-                d.repeat_interleave(prior.block).numpy(), fps) for d in o])), 4),
+            "pulse_of_drawn_labels": _label_pulse(o, prior),
             "generated": _pulses(mel, prior),
             "held_out": _pulses(torch.stack(ref), prior) if ref else None,
             "held_out_clips": len(ref)}

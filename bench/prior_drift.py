@@ -43,7 +43,7 @@ from prior_onsets import mel_onsets  # bench/, the script's own folder
 
 from flowsuite.cli.common import model_file
 from flowsuite.core.checkpoint import load_model
-from flowsuite.musicflow.metrics import pulse_clarity
+from flowsuite.musicflow.metrics import mel_rise, pulse_clarity
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.prior_train import MelCorpus
 
@@ -88,8 +88,7 @@ def mel_pulse_clarity(mel: torch.Tensor, fps: float) -> float:
     """`gen eval music`'s pulse clarity (:func:`~flowsuite.musicflow.metrics.pulse_clarity`)
     of the mel itself, no vocoder: of its broadband rise (the mean over bands of the positive
     part of ``mel[t] - mel[t - 2]``); the mean over the clips of ``(B, n_mel, F)``."""
-    return round(float(np.mean([pulse_clarity((m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0)
-                                              .numpy(), fps) for m in mel.float()])), 4)
+    return round(float(np.mean([pulse_clarity(r.numpy(), fps) for r in mel_rise(mel)])), 4)
 
 
 def held_out_crops(corpus: MelCorpus, count: int, frames: int, seed: int = 0,

@@ -278,8 +278,7 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
         gen.prior.style_index(style, 1)  # an unknown style fails before any work
     if key is not None:  # so does an unknown key, or one for a prior without keys
         gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
-    if tempo is not None or gate_temperature is not None:  # a tempo out of range, or for a
-        gen.prior.initial_state(1, tempo=tempo, gate_temperature=gate_temperature)  # plain prior
+    gen.prior.check_clock_options(tempo, gate_temperature)  # before any work
     prime = None
     if from_path is not None:
         prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
@@ -384,8 +383,7 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
         _vocoder_arg(vocoder_path), device=dev)
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
-    if gate_temperature is not None:  # so does a bad gate temperature, or one for a plain prior
-        gen.prior.initial_state(1, gate_temperature=gate_temperature)
+    gen.prior.check_clock_options(gate_temperature=gate_temperature)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count, style)

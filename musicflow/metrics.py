@@ -9,7 +9,7 @@
 And distances between distributions of music clips (generated against held-out):
 :func:`clip_statistics`, :func:`music_distances`, :func:`frechet_distance`, :func:`key_stability`
 (whether a clip keeps its key), the shaped-noise baseline :func:`shaped_noise`, and the note
-onsets of a log-mel, :func:`mel_onset_frames`.
+onsets of a log-mel, :func:`mel_onset_frames` (from its broadband rise, :func:`mel_rise`).
 
 Every distance returns 0 for identical inputs and a positive number otherwise.
 """
@@ -166,6 +166,13 @@ MEL_ONSET_LAG = 2
 MEL_ONSET_GAP = 5  # frames either side within which an onset is the largest rise
 
 
+def mel_rise(mel: Tensor, lag: int = MEL_ONSET_LAG) -> Tensor:
+    """The broadband rise of log-mels ``(..., n_mel, F)``: ``(..., F - lag)``, the mean over
+    bands of the positive part of ``mel[t] - mel[t - lag]`` in nats, for ``t >= lag``."""
+    m = mel.float()
+    return (m[..., lag:] - m[..., :-lag]).clamp_min(0).mean(-2)
+
+
 def mel_onset_frames(mel: Tensor, threshold: float = MEL_ONSET_RISE, lag: int = MEL_ONSET_LAG,
                      gap: int = MEL_ONSET_GAP) -> Tensor:
     """Note onsets of log-mels ``(..., n_mel, F)``: a bool ``(..., F)``, true at frames whose
@@ -173,9 +180,7 @@ def mel_onset_frames(mel: Tensor, threshold: float = MEL_ONSET_RISE, lag: int = 
     nats; 0 for the first ``lag`` frames) is at least ``threshold`` and the largest within
     ``gap`` frames either side. Unlike a normalised onset envelope, the fixed threshold does not
     find onsets in the small fluctuations of a drone."""
-    m = mel.float()
-    flux = (m[..., lag:] - m[..., :-lag]).clamp_min(0).mean(-2)
-    flux = torch.nn.functional.pad(flux, (lag, 0))
+    flux = torch.nn.functional.pad(mel_rise(mel, lag), (lag, 0))
     lead = flux.shape[:-1]
     pad = torch.nn.functional.pad(flux.reshape(-1, 1, flux.shape[-1]), (gap, gap), value=-1.0)
     peak = torch.nn.functional.max_pool1d(pad, 2 * gap + 1, stride=1).reshape(*lead, -1)

@@ -39,7 +39,7 @@ from flowsuite.core.elementwise import RationalQuadraticSpline
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.keys import KEY_FEATURES, KEY_NAMES, key_features, key_index
 from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
-from flowsuite.musicflow.metrics import MEL_ONSET_RISE, mel_onset_frames
+from flowsuite.musicflow.metrics import MEL_ONSET_RISE, mel_onset_frames, mel_rise
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -159,8 +159,7 @@ def track_beats(mel: Tensor, frames_per_second: float) -> Tensor:
     tempo in most files and half of it in some (BENCHMARKS.md, "A beat for the prior")."""
     import librosa
 
-    m = mel.detach().float().cpu()
-    rise = torch.nn.functional.pad((m[:, 2:] - m[:, :-2]).clamp_min(0).mean(0), (2, 0))
+    rise = torch.nn.functional.pad(mel_rise(mel.detach().cpu()), (2, 0))
     hop = 512  # any: the tracker works in frames, given their rate as sr / hop
     _, beats = librosa.beat.beat_track(onset_envelope=rise.numpy(), hop_length=hop,
                                        sr=frames_per_second * hop)
@@ -823,6 +822,28 @@ class MelPrior(Configurable, nn.Module):
 
     # ------------------------------------------------------------------------------ sampling
 
+    def check_clock_options(self, tempo: float | None = None,
+                            gate_temperature: float | None = None) -> None:
+        """A one-line ``FlowsuiteError`` for a ``tempo`` given to a prior without beats or outside
+        ``TEMPO_RANGE``, and for a ``gate_temperature`` given to a prior without an onset gate
+        or negative (``None``: not given)."""
+        if gate_temperature is not None:
+            if self.gate is None:
+                raise FlowsuiteError(f"this prior has no onset gate; leave out the gate "
+                                     f"temperature (got {gate_temperature:g})")
+            if not (gate_temperature >= 0 and math.isfinite(gate_temperature)):
+                raise FlowsuiteError(f"the gate temperature must be a non-negative number, not "
+                                     f"{gate_temperature:g}")
+        if tempo is None:
+            return
+        if not self.beats:
+            raise FlowsuiteError(f"this prior was trained without beats; leave out the tempo "
+                                 f"(got {tempo:g})")
+        lo, hi = TEMPO_RANGE
+        if not (math.isfinite(tempo) and lo <= tempo <= hi):
+            raise FlowsuiteError(f"tempo {tempo:g} is not a number of beats per minute from "
+                                 f"{lo:g} to {hi:g}")
+
     def initial_state(self, batch: int = 1, style: str | int | None = None,
                       prime: Tensor | None = None,
                       generator: torch.Generator | None = None,
@@ -837,25 +858,11 @@ class MelPrior(Configurable, nn.Module):
         error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE`` for a
         clocked prior, 1 for a gate without a clock) given to one without an onset gate."""
         dev = self._device()
-        if gate_temperature is not None:
-            if self.gate is None:
-                raise FlowsuiteError(f"this prior has no onset gate; leave out the gate "
-                                     f"temperature (got {gate_temperature:g})")
-            if not (gate_temperature >= 0 and math.isfinite(gate_temperature)):
-                raise FlowsuiteError(f"the gate temperature must be a non-negative number, not "
-                                     f"{gate_temperature:g}")
+        self.check_clock_options(tempo, gate_temperature)
         styles = self.style_index(style, batch, generator)
         labels = self.labels(styles, key, generator).to(dev)
         clock = None
-        if not self.beats:
-            if tempo is not None:
-                raise FlowsuiteError(f"this prior was trained without beats; leave out the tempo "
-                                     f"(got {tempo:g})")
-        else:
-            lo, hi = TEMPO_RANGE
-            if tempo is not None and not (math.isfinite(tempo) and lo <= tempo <= hi):
-                raise FlowsuiteError(f"tempo {tempo:g} is not a number of beats per minute from "
-                                     f"{lo:g} to {hi:g}")
+        if self.beats:
             bpm = (self.tempo_of(styles) if tempo is None
                    else torch.full((batch,), float(tempo)))
             clock = torch.stack([torch.zeros(batch), bpm], -1).to(dev)
