@@ -3,7 +3,7 @@
 For each style a prior knows, on crops of held-out music (the test split of ``--data``) and on
 free-running clips of the prior (``--temperature``; for a gated prior also at each of
 ``--onset-temperatures``, the latent temperature of the steps whose gate drew an onset, the
-other steps keeping ``--temperature``):
+other steps keeping ``--temperature``: ``MelPrior.sample(onset_temperature=)``):
 
 * the **onsets**: the mel's onsets per second (``mel_onset_frames``), the largest one-frame
   broadband rise (``mel_rise`` at lag 1) within 3 frames of each (median over onsets), the
@@ -100,35 +100,6 @@ def teacher_forced(prior: MelPrior, crops: torch.Tensor, labels: torch.Tensor,
     return out
 
 
-class OnsetTemperature:
-    """Within the block, ``prior`` draws the latents of its onset steps at ``temperature``
-    (the other steps at the temperature sampling is called with): a probe, not an option."""
-
-    def __init__(self, prior: MelPrior, temperature: float | None):
-        self.prior, self.temperature = prior, temperature
-
-    def __enter__(self) -> None:
-        if self.temperature is None:
-            return
-        prior, onset_t, plain = self.prior, self.temperature, type(self.prior).sample_step
-
-        def sample_step(context, temperature=0.7, generator=None, onset=None):
-            if onset is None or prior.onset_mixture is None:
-                return plain(prior, context, temperature, generator, onset)
-            hit = onset.bool()
-            x, lp = plain(prior, context, temperature, generator, torch.zeros_like(onset))
-            if hit.any():
-                xo, lpo = plain(prior, context[hit], onset_t, generator, onset[hit])
-                x, lp = x.clone(), lp.clone()
-                x[hit], lp[hit] = xo, lpo
-            return x, lp
-
-        prior.sample_step = sample_step
-
-    def __exit__(self, *exc: object) -> None:
-        self.prior.__dict__.pop("sample_step", None)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", required=True, type=Path)
@@ -161,9 +132,8 @@ def main() -> None:
                 r["teacher_forced"] = teacher_forced(prior, crops, labels, args.temperature)
             gated = prior.gate is not None
             for onset_t in [None, *(args.onset_temperatures if gated else [])]:
-                with OnsetTemperature(prior, onset_t):
-                    mel = prior.sample(frames, style=style, seed=args.seed, batch=args.count,
-                                       temperature=args.temperature)
+                mel = prior.sample(frames, style=style, seed=args.seed, batch=args.count,
+                                   temperature=args.temperature, onset_temperature=onset_t)
                 key = "generated" if onset_t is None else f"generated_onset_t{onset_t:g}"
                 r[key] = onset_shape(mel, fps)
             row[style] = r

@@ -206,6 +206,16 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
 # ------------------------------------------------------------------------------------ music
 
 
+_ONSET_TEMPERATURE_HELP = ("For a prior with an onset gate: the latent temperature of its onset "
+                           "steps (hotter: bolder attacks and richer spectra, but new notes "
+                           "leave the key unless --onset-choices keeps them to it); default: "
+                           "--temperature.")
+_ONSET_CHOICES_HELP = ("For a prior with an onset gate: draw each onset step this many times "
+                       "and keep the draw whose new notes best fit the pitch classes heard in "
+                       "the last seconds (1 to 32; BENCHMARKS.md \"Where the attacks go soft\" "
+                       "measured --onset-temperature 1.3 --onset-choices 4).")
+
+
 def _vocoder_arg(path: Path | None) -> Path | str | None:
     """``--vocoder``: a WaveGlow run folder or file, the word ``griffin-lim``, or ``None``."""
     from flowsuite.musicflow.generator import GRIFFIN_LIM
@@ -235,6 +245,9 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               "onset gate: its log-odds are divided by this when it draws (lower: onsets "
               "firmer on the beat; 0: the likelier label); default "
               f"{DEFAULT_GATE_TEMPERATURE:g} for a prior trained with --beats, 1 without.")
+@click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
+@click.option("--onset-choices", type=int, default=1, show_default=True,
+              help=_ONSET_CHOICES_HELP)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -251,7 +264,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
           key: str | None, tempo: float | None, gate_temperature: float | None,
-          out_path: Path, preview: Path | None,
+          onset_temperature: float | None, onset_choices: int, out_path: Path,
+          preview: Path | None,
           model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
           device: str, force: bool) -> None:
     """Generate new music: the mel prior samples a spectrogram, WaveGlow makes it audio."""
@@ -279,11 +293,12 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     if key is not None:  # so does an unknown key, or one for a prior without keys
         gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
     gen.prior.check_clock_options(tempo, gate_temperature)  # before any work
+    gen.prior.check_onset_options(onset_temperature, onset_choices)
     prime = None
     if from_path is not None:
         prime = read_audio(from_path, gen.sample_rate, gen.prior.hop)
     mel = gen.generate_mel(seconds, seed, temperature, style, prime, key, tempo,
-                           gate_temperature)
+                           gate_temperature, onset_temperature, onset_choices)
     audio = gen.vocode(mel, round(seconds * gen.sample_rate), sigma, seed)
     if not np.isfinite(audio).all():
         raise FlowsuiteError("the models produced NaN audio; they are probably undertrained or "
@@ -297,7 +312,10 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
                  + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else "")
                  + (f" --tempo {tempo:g}" if tempo is not None else "")
                  + (f" --gate-temperature {gate_temperature:g}"
-                    if gate_temperature is not None else ""))
+                    if gate_temperature is not None else "")
+                 + (f" --onset-temperature {onset_temperature:g}"
+                    if onset_temperature is not None else "")
+                 + (f" --onset-choices {onset_choices}" if onset_choices != 1 else ""))
         write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
         click.echo(f"wrote {preview}")
 
@@ -336,6 +354,9 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--gate-temperature", type=float, default=None,
               help="For a prior with an onset gate: the temperature of its draws (default "
                    f"{DEFAULT_GATE_TEMPERATURE:g} with a clock, 1 without; see gen music).")
+@click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
+@click.option("--onset-choices", type=int, default=1, show_default=True,
+              help=_ONSET_CHOICES_HELP)
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")
@@ -353,7 +374,8 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
                    "only (the manifest's style, or a plain folder's sub-folder name).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
-               seconds: float, temperature: float, gate_temperature: float | None, sigma: float,
+               seconds: float, temperature: float, gate_temperature: float | None,
+               onset_temperature: float | None, onset_choices: int, sigma: float,
                json_path: Path | None, device: str, seed: int, draws: int, style: str | None,
                force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
@@ -384,6 +406,7 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
     gen.prior.check_clock_options(gate_temperature=gate_temperature)
+    gen.prior.check_onset_options(onset_temperature, onset_choices)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count, style)
@@ -393,7 +416,9 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     seeds = [seed + d * n + i for d in range(draws) for i in range(n)]
     with click.progressbar(seeds, label="generating", file=None) as bar:
         generated = [gen.generate(seconds, s, temperature, sigma, style,
-                                  gate_temperature=gate_temperature)[0] for s in bar]
+                                  gate_temperature=gate_temperature,
+                                  onset_temperature=onset_temperature,
+                                  onset_choices=onset_choices)[0] for s in bar]
     clips["generated"] = generated[:n]
     # The other held-out clips through their mels and this vocoder: what a perfect prior would
     # score, so the gap to the ideal splits into the prior's part and the vocoder's.
@@ -430,7 +455,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
               "seconds": seconds, "temperature": temperature,
-              "gate_temperature": gate_temperature, "sigma": sigma, "seed": seed,
+              "gate_temperature": gate_temperature, "onset_temperature": onset_temperature,
+              "onset_choices": onset_choices, "sigma": sigma, "seed": seed,
               "style": style, "metrics": metrics, "key_stability": keys,
               "rhythm_features": rhythm_features}
     if spread is not None:

@@ -107,17 +107,22 @@ class MusicGenerator:
     def generate_mel(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
                      style: str | None = None, prime_audio: np.ndarray | None = None,
                      key: str | int | None = None, tempo: float | None = None,
-                     gate_temperature: float | None = None) -> torch.Tensor:
+                     gate_temperature: float | None = None,
+                     onset_temperature: float | None = None,
+                     onset_choices: int = 1) -> torch.Tensor:
         """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``);
         ``key`` for a prior trained with keys (a name such as ``"D minor"``; ``None``: at
         random), ``tempo`` for one trained with beats (beats per minute; ``None``: the
-        style's) and ``gate_temperature`` for one with an onset gate (``None``: its default)."""
+        style's) and ``gate_temperature``, ``onset_temperature`` and ``onset_choices`` for one
+        with an onset gate (see :meth:`MelPrior.initial_state`)."""
         seconds = check_seconds(seconds)
         frames = math.ceil(round(seconds * self.sample_rate) / self.prior.hop)
         prime = None if prime_audio is None else self.prime_mel(prime_audio)
         return self.prior.sample(frames, style=style, temperature=temperature, seed=seed,
                                  prime=prime, key=key, tempo=tempo,
-                                 gate_temperature=gate_temperature)[0]
+                                 gate_temperature=gate_temperature,
+                                 onset_temperature=onset_temperature,
+                                 onset_choices=onset_choices)[0]
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor, samples: int, sigma: float = 0.6, seed: int = 0,
@@ -143,16 +148,18 @@ class MusicGenerator:
                  sigma: float = 0.6, style: str | None = None,
                  prime_audio: np.ndarray | None = None,
                  key: str | int | None = None, tempo: float | None = None,
-                 gate_temperature: float | None = None) -> tuple[np.ndarray, int]:
+                 gate_temperature: float | None = None,
+                 onset_temperature: float | None = None,
+                 onset_choices: int = 1) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with
         ``prime_audio`` (mono float32 at ``rate``) the music continues that clip (the output
-        holds only the continuation); ``key``, ``tempo`` and ``gate_temperature`` as in
-        :meth:`generate_mel`."""
+        holds only the continuation); ``key``, ``tempo``, ``gate_temperature``,
+        ``onset_temperature`` and ``onset_choices`` as in :meth:`generate_mel`."""
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise FlowsuiteError(f"temperature must be a non-negative number, not {temperature}")
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")
         mel = self.generate_mel(seconds, seed, temperature, style, prime_audio, key, tempo,
-                                gate_temperature)
+                                gate_temperature, onset_temperature, onset_choices)
         audio = self.vocode(mel, round(check_seconds(seconds) * self.sample_rate), sigma, seed)
         return audio, self.sample_rate

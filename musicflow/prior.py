@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,7 +39,17 @@ from flowsuite.core.distributions import ContextMixture
 from flowsuite.core.elementwise import RationalQuadraticSpline
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.keys import KEY_FEATURES, KEY_NAMES, key_features, key_index
-from flowsuite.musicflow.mel import CLAMP, HOP, N_MEL, SAMPLE_RATE, AudioShapeError
+from flowsuite.musicflow.mel import (
+    CLAMP,
+    FMAX,
+    FMIN,
+    HOP,
+    N_MEL,
+    SAMPLE_RATE,
+    AudioShapeError,
+    hz_to_mel,
+    mel_to_hz,
+)
 from flowsuite.musicflow.metrics import MEL_ONSET_RISE, mel_onset_frames, mel_rise
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -89,6 +100,67 @@ BEAT_HARMONICS = (1, 2, 4)  # the beat, its halves and its quarters
 BEAT_FEATURES = 2 * len(BEAT_HARMONICS) + 1
 DEFAULT_TEMPO = 100.0  # beats per minute, where neither the call nor the model names one
 TEMPO_RANGE = (20.0, 400.0)
+
+# Onset steps drawn hotter than the others, chosen among several draws by the key (a gated
+# prior's sampling options ``onset_temperature`` and ``onset_choices``; BENCHMARKS.md "Where the
+# attacks go soft"). Drawn at the sampling temperature, the prior's attacks are timid; drawn
+# hotter they come closer to the music's on every frame, pitch-class and rhythm distance but
+# leave the key within a few onsets. So each onset step can be drawn ``onset_choices`` times and
+# the draw kept whose rise (its power per pitch class over the step before's) puts the largest
+# share in the pitch classes the music has sounded, a memory decaying over KEY_MEMORY_SECONDS.
+# Mel bands outside PITCH_BANDS_HZ are left out (below, a band spans several semitones; above,
+# partials crowd).
+KEY_MEMORY_SECONDS = 4.0
+PITCH_BANDS_HZ = (150.0, 5000.0)
+MAX_ONSET_CHOICES = 32
+
+
+class PitchMemory:
+    """A memory of the pitch classes a log-mel has sounded: each frame's power in the 12 pitch
+    classes (mel bands mapped by their centre frequency, a band spread over the classes it
+    spans), summed with weights that decay by ``exp(-1 / (seconds * frames per second))`` per
+    frame."""
+
+    def __init__(self, seconds: float = KEY_MEMORY_SECONDS, n_mel: int = N_MEL,
+                 sample_rate: int = SAMPLE_RATE, hop: int = HOP, fmin: float = FMIN,
+                 fmax: float = FMAX):
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"a pitch memory needs a positive number of seconds, not {seconds}")
+        self.decay = math.exp(-hop / (seconds * sample_rate))
+        edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mel + 2))
+        low, centre, high = edges[:-2], edges[1:-1], edges[2:]
+        semitone = 12 * np.log2(np.maximum(centre, 1e-3) / 440.0) + 9  # C = 0, A = 9
+        spread = np.maximum(3 * np.log2(high / np.maximum(low, 1e-3)), 0.5)  # a quarter width
+        d = np.abs(np.arange(12)[:, None] - semitone[None] % 12)
+        d = np.minimum(d, 12 - d)
+        w = np.exp(-0.5 * (d / spread[None]) ** 2)
+        w /= w.sum(0, keepdims=True)
+        w[:, (centre < PITCH_BANDS_HZ[0]) | (centre > PITCH_BANDS_HZ[1])] = 0.0
+        self.map = torch.tensor(w, dtype=torch.float32)  # (12, n_mel)
+
+    def power(self, mel: Tensor) -> Tensor:
+        """Log-mel frames ``(..., n_mel, F)`` -> their power per pitch class ``(..., F, 12)``."""
+        power = torch.exp(2 * mel.float())
+        return torch.einsum("cb,...bf->...fc", self.map.to(power.device), power)
+
+    def advance(self, state: Tensor | None, mel: Tensor) -> Tensor:
+        """The memory ``(..., 12)`` (``None``: nothing heard yet) after the frames ``(..., n_mel,
+        F)``: ``decay ** F * state + sum_f (1 - decay) * decay ** (F - 1 - f) * power_f``."""
+        e = self.power(mel)
+        n = e.shape[-2]
+        w = (1 - self.decay) * self.decay ** torch.arange(n - 1, -1, -1, dtype=torch.float64)
+        out = (w.to(e)[:, None] * e).sum(-2)
+        return out if state is None else out + self.decay ** n * state.to(out)
+
+    @staticmethod
+    def fit(rise: Tensor, memory: Tensor) -> Tensor:
+        """How well rises of power per pitch class ``(..., 12)`` (negative parts ignored) keep
+        to a memory ``(..., 12)``: the share of the rise in each class times the memory's share
+        of that class, summed ``(...)`` (1/12 for a memory of nothing in particular)."""
+        r = rise.clamp_min(0)
+        r = r / r.sum(-1, keepdim=True).clamp_min(1e-12)
+        m = memory / memory.sum(-1, keepdim=True).clamp_min(1e-12)
+        return (r * m).sum(-1)
 
 
 def clock_features(clock: Tensor) -> Tensor:
@@ -192,7 +264,10 @@ class PriorState:
     step ``(B, 2)``: phase of the beat and tempo (see :func:`clock_features`), and for a gated
     prior which of the last ``GATE_HISTORY`` steps rose ``(B, GATE_HISTORY)``, latest first,
     the onset label drawn for the last step ``(B,)`` and the temperature of the gate's draws
-    (its log-odds are divided by it; 0: the likelier label)."""
+    (its log-odds are divided by it; 0: the likelier label), the latent temperature of its
+    onset steps (``None``: the sampling temperature) and how many draws each onset step is
+    chosen from, with the memory of the pitch classes sounded that chooses (``None`` unless
+    ``onset_choices > 1``)."""
 
     hidden: Tensor
     style: Tensor
@@ -201,6 +276,9 @@ class PriorState:
     rises: Tensor | None = None
     onset: Tensor | None = None
     gate_temperature: float = DEFAULT_GATE_TEMPERATURE
+    onset_temperature: float | None = None
+    onset_choices: int = 1
+    pitch: Tensor | None = None
 
 
 @register_model("mel-prior")
@@ -822,6 +900,24 @@ class MelPrior(Configurable, nn.Module):
 
     # ------------------------------------------------------------------------------ sampling
 
+    def check_onset_options(self, onset_temperature: float | None = None,
+                            onset_choices: int = 1) -> None:
+        """A one-line ``FlowsuiteError`` for an ``onset_temperature`` (``None``: not given) or
+        ``onset_choices`` other than 1 given to a prior without an onset gate, a negative
+        temperature, or a number of choices outside 1 to ``MAX_ONSET_CHOICES``."""
+        if onset_temperature is None and onset_choices == 1:
+            return
+        if self.gate is None:
+            raise FlowsuiteError("this prior has no onset gate; leave out the onset temperature "
+                                 "and choices")
+        if onset_temperature is not None and not (onset_temperature >= 0
+                                                  and math.isfinite(onset_temperature)):
+            raise FlowsuiteError(f"the onset temperature must be a non-negative number, not "
+                                 f"{onset_temperature:g}")
+        if not (isinstance(onset_choices, int) and 1 <= onset_choices <= MAX_ONSET_CHOICES):
+            raise FlowsuiteError(f"onset choices must be a whole number from 1 to "
+                                 f"{MAX_ONSET_CHOICES}, not {onset_choices}")
+
     def check_clock_options(self, tempo: float | None = None,
                             gate_temperature: float | None = None) -> None:
         """A one-line ``FlowsuiteError`` for a ``tempo`` given to a prior without beats or outside
@@ -848,7 +944,9 @@ class MelPrior(Configurable, nn.Module):
                       prime: Tensor | None = None,
                       generator: torch.Generator | None = None,
                       key: str | int | None = None, tempo: float | None = None,
-                      gate_temperature: float | None = None) -> PriorState:
+                      gate_temperature: float | None = None,
+                      onset_temperature: float | None = None,
+                      onset_choices: int = 1) -> PriorState:
         """The state before the first sampled step: the GRU has read the start vector and, with
         ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
         so sampling continues it. ``key``: see :meth:`labels`. A clocked prior's clock starts on
@@ -856,9 +954,15 @@ class MelPrior(Configurable, nn.Module):
         after a prime where its beat, tracked (:func:`track_clock`), puts it, at the tracked
         tempo unless ``tempo`` is given; ``tempo`` given to a prior without beats is an
         error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE`` for a
-        clocked prior, 1 for a gate without a clock) given to one without an onset gate."""
+        clocked prior, 1 for a gate without a clock) given to one without an onset gate.
+        ``onset_temperature`` and ``onset_choices`` (a gated prior; see the note above
+        ``KEY_MEMORY_SECONDS``): the latent temperature of the onset steps (``None``: the
+        sampling temperature) and how many draws each is chosen from by the pitch classes
+        sounded before it (in the prime too)."""
         dev = self._device()
         self.check_clock_options(tempo, gate_temperature)
+        self.check_onset_options(onset_temperature, onset_choices)
+        pitch = torch.zeros(batch, 12, device=dev) if onset_choices > 1 else None
         styles = self.style_index(style, batch, generator)
         labels = self.labels(styles, key, generator).to(dev)
         clock = None
@@ -882,6 +986,8 @@ class MelPrior(Configurable, nn.Module):
             if rises is not None:
                 flags = self.step_rises(steps).flip(-1)[:, :GATE_HISTORY]
                 rises[:, :flags.shape[1]] = flags
+            if pitch is not None:
+                pitch = self._pitch_memory().advance(None, prime).expand(batch, -1).clone()
             if clock is not None and (tracked := track_clock(prime[0], self.frames_per_second)):
                 clock[:, 0] = tracked[0]
                 if tempo is None:
@@ -889,7 +995,9 @@ class MelPrior(Configurable, nn.Module):
         _, hidden = self.rnn(inputs)
         return PriorState(hidden, labels, last, clock, rises, None,
                           float(gate_temperature) if gate_temperature is not None
-                          else DEFAULT_GATE_TEMPERATURE if self.beats else 1.0)
+                          else DEFAULT_GATE_TEMPERATURE if self.beats else 1.0,
+                          None if onset_temperature is None else float(onset_temperature),
+                          int(onset_choices), pitch)
 
     def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
@@ -905,14 +1013,58 @@ class MelPrior(Configurable, nn.Module):
                                         generator=generator)
             else:
                 onset = (logit > 0).float()
-        x, lp = self.draw_step(ctx, temperature, generator, onset)
+        if onset is not None and (state.onset_temperature is not None
+                                  or state.onset_choices > 1):
+            x, lp = self._draw_onsets(ctx, temperature, generator, onset, state)
+        else:
+            x, lp = self.draw_step(ctx, temperature, generator, onset)
+        pitch = state.pitch
+        if pitch is not None:
+            pitch = self._pitch_memory().advance(pitch, self._frames(x))
         _, hidden = self.rnn(self._as_read(x, generator)[:, None], state.hidden)
         clock = None if state.clock is None else self.advance(state.clock)
         if state.rises is not None:
             rose = self.step_rises(x[:, None], state.last)
             rises = torch.cat([rose.to(state.rises), state.rises[:, :-1]], dim=1)
         return x, lp, PriorState(hidden, state.style, x, clock, rises, onset,
-                                 state.gate_temperature)
+                                 state.gate_temperature, state.onset_temperature,
+                                 state.onset_choices, pitch)
+
+    def _pitch_memory(self) -> PitchMemory:
+        if getattr(self, "_memory", None) is None:
+            self._memory = PitchMemory(n_mel=self.n_mel, sample_rate=self.sample_rate,
+                                       hop=self.hop)
+        return self._memory
+
+    def _frames(self, x: Tensor) -> Tensor:
+        """Normalised steps ``(N, block * n_mel)`` -> their log-mel frames ``(N, n_mel, block)``."""
+        return self.denormalise(x.float().view(-1, self.block, self.n_mel).transpose(1, 2))
+
+    def _draw_onsets(self, ctx: Tensor, temperature: float, generator: torch.Generator | None,
+                     onset: Tensor, state: PriorState) -> tuple[Tensor, Tensor]:
+        """:meth:`draw_step` with the onset steps (rows where ``onset`` is 1) drawn at the
+        state's onset temperature, each ``onset_choices`` times, keeping the draw whose rise
+        over the step before keeps best to the pitch memory (:meth:`PitchMemory.fit`)."""
+        x, lp = self.draw_step(ctx, temperature, generator, torch.zeros_like(onset))
+        hit = onset.bool()
+        if not bool(hit.any()):
+            return x, lp
+        hot = state.onset_temperature if state.onset_temperature is not None else temperature
+        draws = [self.draw_step(ctx[hit], hot, generator, onset[hit])
+                 for _ in range(state.onset_choices)]
+        pick = torch.zeros(int(hit.sum()), dtype=torch.long, device=x.device)
+        if state.onset_choices > 1:
+            memory = self._pitch_memory()
+            before = (memory.power(self._frames(state.last[hit])).mean(-2)
+                      if state.last is not None else 0.0)
+            fits = torch.stack([memory.fit(memory.power(self._frames(d)).mean(-2) - before,
+                                           state.pitch[hit]) for d, _ in draws])
+            pick = fits.argmax(0)
+        rows = torch.arange(len(pick), device=x.device)
+        x, lp = x.clone(), lp.clone()
+        x[hit] = torch.stack([d for d, _ in draws])[pick, rows].to(x.dtype)
+        lp[hit] = torch.stack([p for _, p in draws])[pick, rows].to(lp.dtype)
+        return x, lp
 
     @torch.no_grad()
     def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
@@ -945,18 +1097,21 @@ class MelPrior(Configurable, nn.Module):
                temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
                generator: torch.Generator | None = None, prime: Tensor | None = None,
                batch: int = 1, key: str | int | None = None, tempo: float | None = None,
-               gate_temperature: float | None = None) -> Tensor:
+               gate_temperature: float | None = None, onset_temperature: float | None = None,
+               onset_choices: int = 1) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
         ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or index, ``None`` at
         random) the key; ``tempo`` (a clocked prior: beats per minute, ``None``: the style's)
-        the clock's; ``gate_temperature`` (a gated prior) that of its onset draws (see
+        the clock's; ``gate_temperature`` (a gated prior) that of its onset draws,
+        ``onset_temperature`` and ``onset_choices`` how its onset steps are drawn (see
         :meth:`initial_state`). Memory does not grow with ``frames`` beyond the output."""
         if generator is None:
             generator = torch.Generator(device=self._device())
             generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))
-        state = self.initial_state(batch, style, prime, generator, key, tempo, gate_temperature)
+        state = self.initial_state(batch, style, prime, generator, key, tempo, gate_temperature,
+                                   onset_temperature, onset_choices)
         return torch.cat([m for m, _, _ in self.stream(frames, state, temperature, generator)],
                          dim=-1)
 

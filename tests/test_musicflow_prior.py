@@ -553,6 +553,15 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
     assert len(sf.read(out)[0]) == SR
     _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                    "--gate-temperature", -1, "--out", tmp_path / "x.wav"), "gate temperature")
+    r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                "--onset-temperature", 1.3, "--onset-choices", 3, "--out", tmp_path / "oc.wav",
+                "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert len(sf.read(tmp_path / "oc.wav")[0]) == SR
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                   "--onset-choices", 0, "--out", tmp_path / "x.wav"), "onset choices")
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                   "--onset-temperature", -2, "--out", tmp_path / "x.wav"), "onset temperature")
     for bad in ("0", "1000", "nan"):
         _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                        "--tempo", bad, "--out", tmp_path / "x.wav"), "beats per minute")
@@ -569,13 +578,17 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
                    "--tempo", 90, "--out", tmp_path / "y.wav"), "without beats")
     _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
                    "--gate-temperature", 0.5, "--out", tmp_path / "y.wav"), "no onset gate")
+    _fails(_invoke("music", "--seconds", 1, "--model", plain, "--vocoder", "griffin-lim",
+                   "--onset-choices", 2, "--out", tmp_path / "y.wav"), "no onset gate")
     # gen eval music samples at the gate temperature asked for
     js = tmp_path / "e.json"
     r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", beat_set,
-                "--count", 2, "--seconds", 1, "--gate-temperature", 0.5, "--json", js,
-                "--device", "cpu")
+                "--count", 2, "--seconds", 1, "--gate-temperature", 0.5, "--onset-temperature",
+                1.2, "--onset-choices", 2, "--json", js, "--device", "cpu")
     assert r.exit_code == 0, r.output
-    assert json.loads(js.read_text())["gate_temperature"] == 0.5
+    got = json.loads(js.read_text())
+    assert got["gate_temperature"] == 0.5
+    assert got["onset_temperature"] == 1.2 and got["onset_choices"] == 2
     _fails(_invoke("eval", "music", "--model", plain, "--vocoder", "griffin-lim", "--data",
                    beat_set, "--gate-temperature", 0.5), "no onset gate")
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
