@@ -1031,6 +1031,7 @@ class MelPrior(Configurable, nn.Module):
                                  state.onset_choices, pitch)
 
     def _pitch_memory(self) -> PitchMemory:
+        """The :class:`PitchMemory` of this prior's mel front end (built once, not saved)."""
         if getattr(self, "_memory", None) is None:
             self._memory = PitchMemory(n_mel=self.n_mel, sample_rate=self.sample_rate,
                                        hop=self.hop)
