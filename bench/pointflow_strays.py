@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine, save  # bench/, the script's own folder
 
 from flowsuite.cli.pointcloud_cmds import _load
 from flowsuite.core.rng import derive_seed
@@ -200,9 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     if model.point_mixture is None:
         raise SystemExit("this probe needs a model with a point mixture (--point-mixture)")
     result: dict = {"model": str(a.model or "shipped"), "count": a.count, "seed": a.seed,
-                    "machine": {"cpu": platform.processor() or platform.machine(),
-                                "threads": torch.get_num_threads(),
-                                "load_1min_start": os.getloadavg()[0]},
+                    "machine": machine(),
                     "categories": {}}
     test = open_shapes(a.data, "test", a.categories, "none", 2048, seed=0)
     val = open_shapes(a.data, "val", a.categories, "none", 2048, seed=0)
@@ -229,10 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                              for eta in a.ascent_etas}
         result["categories"][name] = row
         print(name, json.dumps(row), flush=True)
-    result["machine"]["load_1min_end"] = os.getloadavg()[0]
-    result["wall_s"] = round(time.time() - t0, 1)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, a.out, t0)
     print(f"saved {a.out} ({result['wall_s']:.0f} s)")
 
 

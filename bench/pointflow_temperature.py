@@ -27,14 +27,11 @@ are compared shape for shape.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from bench_record import machine, save  # bench/, the script's own folder
 
 from flowsuite.cli.pointcloud_cmds import _generate, _load
 from flowsuite.data.shapes import open_shapes
@@ -65,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     real = open_shapes(a.data, a.split, wanted, "none", a.points, seed=a.seed)
     result: dict = {"model": str(a.model or "shipped"), "split": a.split, "count": a.count,
                     "points": a.points, "seed": a.seed, "draws": a.draws,
-                    "machine": {"cpu": platform.processor() or platform.machine(),
-                                "threads": torch.get_num_threads(),
-                                "load_1min_start": os.getloadavg()[0]},
+                    "machine": machine(),
                     "runs": []}
     for name in wanted:
         refs = [real[i]["points"].numpy() for i in range(len(real))
@@ -103,10 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in result["mean_1nna_cd"].items():
         per = "  ".join(f"{c} {x:.3f}" for c, x in result["category_1nna_cd"][k].items())
         print(f"{k}: mean 1-NNA-CD {v:.4f} over {len(wanted)} categories ({per})")
-    result["machine"]["load_1min_end"] = os.getloadavg()[0]
-    result["wall_s"] = time.time() - t0
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, a.out, t0)
     print(f"saved {a.out} ({result['wall_s']:.0f} s)")
 
 

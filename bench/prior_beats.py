@@ -28,15 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine, save  # bench/, the script's own folder
 from torch.utils.data import default_collate
 
-from flowsuite.core.checkpoint import load_model
+from flowsuite.core.checkpoint import load_model, model_file
 from flowsuite.musicflow.metrics import mel_rise, pulse_clarity
 from flowsuite.musicflow.prior import (
     DEFAULT_GATE_TEMPERATURE,
@@ -204,14 +204,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
-    result: dict = {"data": str(args.data), "threads": torch.get_num_threads()}
+    result: dict = {"data": str(args.data), "machine": machine()}
     start = time.time()
     for key, fn in (("hazard", hazard), ("gated", gated), ("draws", None)):
         path = getattr(args, key)
         if path is None:
             continue
-        if os.path.isdir(path):
-            path = os.path.join(path, "model.safetensors")
+        path = str(model_file(path))
         prior = load_model(path, expected="mel-prior").float().eval()
         found = ({f"gate_temperature_{t:g}": draws(
                       prior, args.reference or args.data, args.count, args.seconds,
@@ -219,9 +218,7 @@ def main() -> None:
                  if fn is None else fn(prior, args.data))
         result[key] = {"model": path, **found}
         print(key, json.dumps(result[key], indent=1), flush=True)
-    result["wall_s"] = round(time.time() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(result, args.out, start, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -33,12 +33,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine, save  # bench/, the script's own folder
 from prior_onsets import mel_onsets  # bench/, the script's own folder
 
 from flowsuite.cli.common import model_file
@@ -179,8 +179,7 @@ def main() -> None:
     a = p.parse_args()
     t0 = time.time()
     test = MelCorpus.from_folder(a.data, split="test")
-    result: dict = {"machine": {"threads": torch.get_num_threads(),
-                                "load_1min_start": os.getloadavg()[0]},
+    result: dict = {"machine": machine(),
                     "count": a.count, "seconds": a.seconds, "models": {}}
     for path in a.model:
         prior = load_model(model_file(path), expected="mel-prior").float().eval()
@@ -191,10 +190,7 @@ def main() -> None:
             row = measure(prior, test, a.temperatures, a.count, a.seconds, a.continue_seconds)
         result["models"][str(path)] = row
         print(path, json.dumps(row), flush=True)
-    result["machine"]["load_1min_end"] = os.getloadavg()[0]
-    result["wall_s"] = round(time.time() - t0, 1)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, a.out, t0)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine, save  # bench/, the script's own folder
 from prior_drift import held_out_crops  # bench/, the script's own folder
 
 from flowsuite.cli.common import model_file
@@ -117,8 +117,7 @@ def main() -> None:
     test = MelCorpus.from_folder(args.data, split="test")
     result: dict = {"data": str(args.data), "count": args.count, "seconds": args.seconds,
                     "temperature": args.temperature,
-                    "machine": {"threads": torch.get_num_threads(),
-                                "load_1min_start": os.getloadavg()[0]}, "models": {}}
+                    "machine": machine(), "models": {}}
     for path in args.model:
         prior = load_model(model_file(path), expected="mel-prior").float().eval()
         fps = prior.frames_per_second
@@ -139,10 +138,7 @@ def main() -> None:
             row[style] = r
             print(path, style, json.dumps(r), flush=True)
         result["models"][str(path)] = row
-    result["machine"]["load_1min_end"] = os.getloadavg()[0]
-    result["wall_s"] = round(time.time() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(result, args.out, t0, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import machine, save  # bench/, the script's own folder
 
 from flowsuite.cli.common import model_file
 from flowsuite.cli.music_cmds import _reference_clips
@@ -163,8 +163,7 @@ def main() -> None:
     a = p.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
-    result: dict = {"machine": {"threads": torch.get_num_threads(),
-                                "load_1min_start": os.getloadavg()[0]},
+    result: dict = {"machine": machine(),
                     "count": a.count, "seconds": a.seconds, "seed": a.seed, "models": {}}
     held = None
     for path in a.model:
@@ -213,10 +212,7 @@ def main() -> None:
             a.pictures.mkdir(parents=True, exist_ok=True)
             write_spectrograms(a.pictures / f"{path.name}.png", panels, force=True)
         result["models"][str(path)] = row
-    result["machine"]["load_1min_end"] = os.getloadavg()[0]
-    result["wall_s"] = time.time() - t0
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, a.out, t0)
     print(json.dumps({k: v for k, v in result.items() if k != "models"}, indent=2))
 
 
