@@ -146,18 +146,27 @@ def key_stability(x: np.ndarray, sample_rate: int, window: float = KEY_WINDOW,
     # balanced: white noise would otherwise read as a key that never changes
     chroma = balanced_chroma(spec ** 2, sample_rate, CHROMA_FFT)
     f = max(1, int(round(window * sample_rate / hop)))
-    energy = spec.sum(0)
+    return chroma_key_stability(chroma, f, int(math.ceil(min_lag / window - 1e-9)),
+                                loud=spec.sum(0) > 0)
+
+
+def chroma_key_stability(chroma: np.ndarray, window: int, lag: int,
+                         loud: np.ndarray | None = None) -> float:
+    """:func:`key_stability` of a chroma sequence ``(12, F)``: the mean Pearson correlation
+    between the sums of ``window``-frame stretches ``lag`` or more stretches apart; stretches
+    without a ``loud`` frame (``(F,)`` bool; default: every frame counts) or without contrast
+    between classes are left out."""
+    chroma = np.asarray(chroma)
     rows, starts = [], []
-    for i in range(0, chroma.shape[1] - f + 1, f):
-        w = chroma[:, i:i + f].sum(1)
+    for i in range(0, chroma.shape[1] - window + 1, window):
+        w = chroma[:, i:i + window].sum(1)
         w = w - w.mean()
         norm = float(np.linalg.norm(w))
-        if energy[i:i + f].max() > 0 and norm > 0:
+        if (loud is None or loud[i:i + window].any()) and norm > 0:
             rows.append(w / norm)
             starts.append(i)
-    lag = int(math.ceil(min_lag / window - 1e-9))
     pairs = [float(rows[a] @ rows[b]) for a in range(len(rows)) for b in range(len(rows))
-             if (starts[b] - starts[a]) // f >= lag]
+             if (starts[b] - starts[a]) // window >= lag]
     return float(np.mean(pairs)) if pairs else 0.0
 
 

@@ -18,7 +18,12 @@ from flowsuite.core.checkpoint import load_model, save_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.core.testing import check_inverse, check_logdet
 from flowsuite.musicflow.mel import MelSpectrogram
-from flowsuite.musicflow.metrics import frechet_distance, key_stability, shaped_noise
+from flowsuite.musicflow.metrics import (
+    chroma_key_stability,
+    frechet_distance,
+    key_stability,
+    shaped_noise,
+)
 from flowsuite.musicflow.prior import MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
@@ -289,6 +294,17 @@ def _scales(tonics: list[int], seed: int, seconds: float = 1.0) -> np.ndarray:
                 y += rng.uniform(0.5, 1.0) * np.sin(2 * math.pi * f * h * t + rng.uniform(0, 6))
         out.append(y / np.abs(y).max())
     return (0.2 * np.concatenate(out)).astype(np.float32)
+
+
+def test_chroma_key_stability_scores_windows_of_a_chroma_sequence():
+    one = np.tile(np.eye(12)[0][:, None] + 0.1, (1, 40))  # one loud class throughout
+    assert chroma_key_stability(one, 10, 2) == pytest.approx(1.0)
+    swap = np.concatenate([np.tile(np.eye(12)[i][:, None], (1, 10)) for i in (0, 6) * 3], 1)
+    # windows 0-5 alternate two classes: of the 10 pairs 2 or more apart, the 6 an even number
+    # apart agree (1), the 4 an odd number apart correlate as -1/11 (centred one-hots)
+    assert chroma_key_stability(swap, 10, 2) == pytest.approx((6 - 4 / 11) / 10)
+    assert chroma_key_stability(one, 10, 2, loud=np.zeros(40, bool)) == 0.0
+    assert chroma_key_stability(one, 10, 4) == 0.0  # no two windows that far apart
 
 
 def test_key_stability_tells_a_clip_that_keeps_its_key_from_one_that_wanders():
@@ -589,6 +605,12 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
     got = json.loads(js.read_text())
     assert got["gate_temperature"] == 0.5
     assert got["onset_temperature"] == 1.2 and got["onset_choices"] == 2
+    # unnamed, the gated prior's default onset draws are recorded, as drawn
+    r = _invoke("eval", "music", "--model", run, "--vocoder", "griffin-lim", "--data", beat_set,
+                "--count", 2, "--seconds", 1, "--json", js, "--force", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    got = json.loads(js.read_text())
+    assert (got["onset_temperature"], got["onset_choices"]) == (1.3, 4)
     _fails(_invoke("eval", "music", "--model", plain, "--vocoder", "griffin-lim", "--data",
                    beat_set, "--gate-temperature", 0.5), "no onset gate")
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
@@ -602,6 +624,7 @@ def test_gen_eval_music_reports_four_systems(models, music_set, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(js.read_text())
     assert set(res["metrics"]) == {"generated", "vocoded", "shaped_noise", "ideal"}
+    assert (res["onset_temperature"], res["onset_choices"]) == (None, 1)  # no gate: plain draw
     for m in res["metrics"].values():
         assert set(m) == {"mel_fd", "chroma_fd", "rhythm", "tonality"}
         assert all(np.isfinite(v) and v >= 0 for v in m.values())
