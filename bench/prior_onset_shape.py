@@ -3,7 +3,9 @@
 For each style a prior knows, on crops of held-out music (the test split of ``--data``) and on
 free-running clips of the prior (``--temperature``; for a gated prior also at each of
 ``--onset-temperatures``, the latent temperature of the steps whose gate drew an onset, the
-other steps keeping ``--temperature``: ``MelPrior.sample(onset_temperature=)``):
+other steps keeping ``--temperature``: ``MelPrior.sample(onset_temperature=)``; each onset
+step drawn once; ``generated_default``: as a gated prior draws by default, its onset steps
+hot, each chosen among several draws):
 
 * the **onsets**: the mel's onsets per second (``mel_onset_frames``), the largest one-frame
   broadband rise (``mel_rise`` at lag 1) within 3 frames of each (median over onsets), the
@@ -130,9 +132,16 @@ def main() -> None:
             if args.teacher_forced and prior.gate is not None:  # draws from the onset mixture
                 r["teacher_forced"] = teacher_forced(prior, crops, labels, args.temperature)
             gated = prior.gate is not None
+            if gated:  # the prior's default onset draws (since 2026-12-08: hot, best of 4)
+                r["generated_default"] = onset_shape(
+                    prior.sample(frames, style=style, seed=args.seed, batch=args.count,
+                                 temperature=args.temperature), fps)
             for onset_t in [None, *(args.onset_temperatures if gated else [])]:
+                # one draw per onset step, at --temperature unless told (the plain draw)
                 mel = prior.sample(frames, style=style, seed=args.seed, batch=args.count,
-                                   temperature=args.temperature, onset_temperature=onset_t)
+                                   temperature=args.temperature,
+                                   onset_temperature=(args.temperature if onset_t is None
+                                                      else onset_t), onset_choices=1)
                 key = "generated" if onset_t is None else f"generated_onset_t{onset_t:g}"
                 r[key] = onset_shape(mel, fps)
             row[style] = r

@@ -23,7 +23,12 @@ from flowsuite.cli.common import (
 )
 from flowsuite.cli.main import cli, eval_, train
 from flowsuite.core.errors import FlowsuiteError
-from flowsuite.musicflow.prior import DEFAULT_GATE_TEMPERATURE, DEFAULT_TEMPERATURE
+from flowsuite.musicflow.prior import (
+    DEFAULT_GATE_TEMPERATURE,
+    DEFAULT_ONSET_CHOICES,
+    DEFAULT_ONSET_TEMPERATURE,
+    DEFAULT_TEMPERATURE,
+)
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -209,11 +214,12 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
 _ONSET_TEMPERATURE_HELP = ("For a prior with an onset gate: the latent temperature of its onset "
                            "steps (hotter: bolder attacks and richer spectra, but new notes "
                            "leave the key unless --onset-choices keeps them to it); default: "
-                           "--temperature.")
+                           f"{DEFAULT_ONSET_TEMPERATURE:g}.")
 _ONSET_CHOICES_HELP = ("For a prior with an onset gate: draw each onset step this many times "
                        "and keep the draw whose new notes best fit the pitch classes heard in "
-                       "the last seconds (1 to 32; BENCHMARKS.md \"Where the attacks go soft\" "
-                       "measured --onset-temperature 1.3 --onset-choices 4).")
+                       f"the last seconds (1 to 32; default: {DEFAULT_ONSET_CHOICES}; "
+                       "--onset-temperature equal to --temperature with --onset-choices 1 "
+                       "draws onset steps like the others).")
 
 
 def _vocoder_arg(path: Path | None) -> Path | str | None:
@@ -246,8 +252,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               "firmer on the beat; 0: the likelier label); default "
               f"{DEFAULT_GATE_TEMPERATURE:g} for a prior trained with --beats, 1 without.")
 @click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
-@click.option("--onset-choices", type=int, default=1, show_default=True,
-              help=_ONSET_CHOICES_HELP)
+@click.option("--onset-choices", type=int, default=None, help=_ONSET_CHOICES_HELP)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -264,7 +269,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
           key: str | None, tempo: float | None, gate_temperature: float | None,
-          onset_temperature: float | None, onset_choices: int, out_path: Path,
+          onset_temperature: float | None, onset_choices: int | None, out_path: Path,
           preview: Path | None,
           model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
           device: str, force: bool) -> None:
@@ -315,7 +320,8 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
                     if gate_temperature is not None else "")
                  + (f" --onset-temperature {onset_temperature:g}"
                     if onset_temperature is not None else "")
-                 + (f" --onset-choices {onset_choices}" if onset_choices != 1 else ""))
+                 + (f" --onset-choices {onset_choices}"
+                    if onset_choices is not None else ""))
         write_spectrograms(preview, [(title, mel)], gen.sample_rate, gen.prior.hop, force=force)
         click.echo(f"wrote {preview}")
 
@@ -355,8 +361,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
               help="For a prior with an onset gate: the temperature of its draws (default "
                    f"{DEFAULT_GATE_TEMPERATURE:g} with a clock, 1 without; see gen music).")
 @click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
-@click.option("--onset-choices", type=int, default=1, show_default=True,
-              help=_ONSET_CHOICES_HELP)
+@click.option("--onset-choices", type=int, default=None, help=_ONSET_CHOICES_HELP)
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")
@@ -375,7 +380,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, gate_temperature: float | None,
-               onset_temperature: float | None, onset_choices: int, sigma: float,
+               onset_temperature: float | None, onset_choices: int | None, sigma: float,
                json_path: Path | None, device: str, seed: int, draws: int, style: str | None,
                force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
@@ -406,7 +411,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     if style is not None:
         gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
     gen.prior.check_clock_options(gate_temperature=gate_temperature)
-    gen.prior.check_onset_options(onset_temperature, onset_choices)
+    # recorded as drawn: a gated prior's defaults filled in
+    onset_temperature, onset_choices = gen.prior.onset_options(onset_temperature, onset_choices)
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count, style)

@@ -9,7 +9,12 @@ import torch
 
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import MelSpectrogram
-from flowsuite.musicflow.prior import MelPrior, PitchMemory
+from flowsuite.musicflow.prior import (
+    DEFAULT_ONSET_CHOICES,
+    DEFAULT_ONSET_TEMPERATURE,
+    MelPrior,
+    PitchMemory,
+)
 
 
 def _tone(*hz: float, seconds: float = 1.0) -> torch.Tensor:
@@ -58,10 +63,26 @@ def _gated(tiny_prior) -> MelPrior:
     return model.eval()
 
 
-def test_onset_options_change_only_the_onset_steps_and_default_to_the_plain_draw(tiny_prior):
+def test_a_gated_prior_draws_its_onsets_with_the_defaults_unless_told(tiny_prior):
     model = _gated(tiny_prior)
-    plain = model.sample(40, "a", seed=3, batch=2)
-    assert torch.equal(model.sample(40, "a", seed=3, batch=2, onset_choices=1), plain)
+    default = model.sample(40, "a", seed=3, batch=2)
+    assert torch.equal(default, model.sample(40, "a", seed=3, batch=2,
+                                             onset_temperature=DEFAULT_ONSET_TEMPERATURE,
+                                             onset_choices=DEFAULT_ONSET_CHOICES))
+    state = model.initial_state(2, "a")
+    assert (state.onset_temperature, state.onset_choices) == (1.3, 4)
+    assert model.onset_options(None, 1) == (1.3, 1) and model.onset_options(0.5) == (0.5, 4)
+    plain = model.sample(40, "a", seed=3, batch=2, onset_temperature=0.7, onset_choices=1)
+    assert not torch.equal(plain, default)
+    # a prior without a gate draws as it always did, and says so
+    ungated = tiny_prior()
+    state = ungated.initial_state(1)
+    assert (state.onset_temperature, state.onset_choices, state.pitch) == (None, 1, None)
+    assert ungated.onset_options(None, 1) == (None, 1)
+
+
+def test_onset_options_change_only_the_onset_steps(tiny_prior):
+    model = _gated(tiny_prior)
     g = torch.Generator().manual_seed(0)
     state = model.initial_state(2, "a", generator=g, onset_temperature=1.5, onset_choices=3)
     steps = []
@@ -112,3 +133,21 @@ def test_onset_options_need_a_gate_and_sane_values(tiny_prior):
                        ({"onset_temperature": float("nan")}, "non-negative")):
         with pytest.raises(FlowsuiteError, match=match):
             model.sample(4, **bad)
+
+
+def test_onsets_at_the_sampling_temperature_take_the_plain_draw(tiny_prior, monkeypatch):
+    """One draw at the sampling temperature is every other step's draw, so it takes that path
+    (the numbers the defaults gave before onsets were drawn hot), not the onset draw's."""
+    model = _gated(tiny_prior)
+
+    def no(*args, **kwargs):
+        raise AssertionError("the onset draw was taken")
+
+    monkeypatch.setattr(MelPrior, "_draw_onsets", no)
+    model.sample(40, "a", seed=3, batch=2, temperature=0.5, onset_temperature=0.5,
+                 onset_choices=1)
+    with pytest.raises(AssertionError, match="onset draw"):
+        model.sample(40, "a", seed=3, batch=2, temperature=0.5, onset_temperature=0.7,
+                     onset_choices=1)
+    with pytest.raises(AssertionError, match="onset draw"):
+        model.sample(40, "a", seed=3, batch=2)
