@@ -15,7 +15,10 @@ onset_temperature=T, onset_choices=K)``; T ``-``: the sampling temperature), eac
   shares against the held-out crops (every third frame);
 * ``onset_fit``: at the steps whose mean frame rises by ``MEL_ONSET_RISE`` (the gate's label),
   how well the rise keeps to the pitch memory before it (``PitchMemory.fit``: the number the
-  onset choice maximises), mean and quantiles, and the share of such steps.
+  onset choice maximises), mean and quantiles, and the share of such steps;
+* ``timing`` (``--time-repeats N``): seconds to sample one mel of ``--time-seconds`` (batch 1,
+  the first style, seeds 0 to N-1) per configuration, each repeat of every configuration in
+  turn; ``--count 0`` times only.
 
     python bench/prior_onset_choice.py --data music8 --count 96 \\
         --configs 0.7:1 1.3:1 1.3:2 1.3:3 1.3:4 1.3:8 \\
@@ -98,6 +101,28 @@ def statistics(prior: MelPrior, mel: torch.Tensor, ref: torch.Tensor | None) -> 
     return out
 
 
+def _config(config: str) -> dict:
+    """``T:K`` -> the sampling options it names (T ``-``: the sampling temperature)."""
+    t, k = config.split(":")
+    return {"onset_temperature": None if t == "-" else float(t), "onset_choices": int(k)}
+
+
+def time_configs(prior: MelPrior, args: argparse.Namespace) -> dict:
+    """Seconds per mel of ``--time-seconds`` for each configuration (see the module's doc)."""
+    frames = round(args.time_seconds * prior.frames_per_second)
+    style = prior.styles[0] if prior.styles else None
+    times: dict[str, list[float]] = {c: [] for c in args.configs}
+    for c in args.configs:  # a warm-up each
+        prior.sample(frames // 8, style=style, seed=0, temperature=args.temperature, **_config(c))
+    for r in range(args.time_repeats):
+        for c in args.configs:
+            tic = time.perf_counter()
+            prior.sample(frames, style=style, seed=r, temperature=args.temperature, **_config(c))
+            times[c].append(time.perf_counter() - tic)
+    return {c: {"min": round(min(v), 3), "median": round(float(np.median(v)), 3),
+                "all": [round(x, 3) for x in v]} for c, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path("data/models/mel-prior.safetensors"))
@@ -108,6 +133,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["0.7:1", "1.3:1", "1.3:4"],
                     help="onset temperature (- for the sampling temperature):onset choices")
     ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--time-repeats", type=int, default=0)
+    ap.add_argument("--time-seconds", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -120,7 +147,10 @@ def main() -> None:
     result: dict = {"model": str(args.model), "data": str(args.data), "count": args.count,
                     "seconds": args.seconds, "temperature": args.temperature,
                     "machine": machine(), "styles": {}}
-    for style in prior.styles:
+    if args.time_repeats > 0:
+        result["timing"] = time_configs(prior, args)
+        print("timing", json.dumps(result["timing"]), flush=True)
+    for style in (prior.styles if args.count > 0 else []):
         index = prior.styles.index(style)
         ref, _ = held_out_crops(test, args.count, frames, args.seed, index)
         ideal, _ = held_out_crops(test, args.count, frames, args.seed + 1, index)
@@ -128,12 +158,10 @@ def main() -> None:
         print(style, "held_out", json.dumps(row["held_out"]), "ideal", json.dumps(row["ideal"]),
               flush=True)
         for config in args.configs:
-            t, k = config.split(":")
             tic = time.time()
             mel = torch.cat([prior.sample(frames, style=style, temperature=args.temperature,
                                           seed=args.seed + 1000 * i, batch=args.batch,
-                                          onset_temperature=None if t == "-" else float(t),
-                                          onset_choices=int(k))
+                                          **_config(config))
                              for i in range(-(-args.count // args.batch))])[:args.count]
             row[config] = statistics(prior, mel, ref) | {"seconds": round(time.time() - tic, 1)}
             print(style, config, json.dumps(row[config]), flush=True)

@@ -115,9 +115,9 @@ PITCH_BANDS_HZ = (150.0, 5000.0)
 MAX_ONSET_CHOICES = 32
 # What a gated prior draws its onset steps with when the call names neither: hot, each the best
 # of four draws. Against the plain draw at the sampling temperature (0.7), over six clip sets
-# per style, the clips came closer on log-mel frames, pitch classes and rhythm in all three
-# styles, with key stability nearer the music's in quartets and folk and tonality farther in
-# chorales; BENCHMARKS.md "Onset options as the default".
+# per style, the clips came closer on log-mel frames and rhythm in all three styles and on pitch
+# classes in quartets and folk; tonality and key stability moved within the noise, but folk
+# clips keep their key more firmly than the music; BENCHMARKS.md "Onset options as the default".
 DEFAULT_ONSET_TEMPERATURE = 1.3
 DEFAULT_ONSET_CHOICES = 4
 
@@ -977,11 +977,11 @@ class MelPrior(Configurable, nn.Module):
         error, and so is ``gate_temperature`` (``None``: ``DEFAULT_GATE_TEMPERATURE`` for a
         clocked prior, 1 for a gate without a clock) given to one without an onset gate.
         ``onset_temperature`` and ``onset_choices`` (a gated prior; see the note above
-        ``KEY_MEMORY_SECONDS``): the latent temperature of the onset steps (``None``: the
-        sampling temperature) and how many draws each is chosen from by the pitch classes
-        sounded before it (in the prime too); ``None``: ``DEFAULT_ONSET_TEMPERATURE`` and
-        ``DEFAULT_ONSET_CHOICES`` (:meth:`onset_options`). ``onset_temperature=temperature,
-        onset_choices=1`` draws the onset steps as the others are drawn."""
+        ``KEY_MEMORY_SECONDS``): the latent temperature of the onset steps and how many draws
+        each is chosen from by the pitch classes sounded before it (in the prime too);
+        ``None``: ``DEFAULT_ONSET_TEMPERATURE`` and ``DEFAULT_ONSET_CHOICES``
+        (:meth:`onset_options`). ``onset_temperature=temperature, onset_choices=1`` draws the
+        onset steps as the others are drawn."""
         dev = self._device()
         self.check_clock_options(tempo, gate_temperature)
         onset_temperature, onset_choices = self.onset_options(onset_temperature, onset_choices)
@@ -1066,27 +1066,28 @@ class MelPrior(Configurable, nn.Module):
     def _draw_onsets(self, ctx: Tensor, temperature: float, generator: torch.Generator | None,
                      onset: Tensor, state: PriorState) -> tuple[Tensor, Tensor]:
         """:meth:`draw_step` with the onset steps (rows where ``onset`` is 1) drawn at the
-        state's onset temperature, each ``onset_choices`` times, keeping the draw whose rise
-        over the step before keeps best to the pitch memory (:meth:`PitchMemory.fit`)."""
+        state's onset temperature, each ``onset_choices`` times (in one batch), keeping the draw
+        whose rise over the step before keeps best to the pitch memory
+        (:meth:`PitchMemory.fit`). Every row is first drawn as if it had no onset (the onset
+        rows' draw is then replaced: it keeps the numbers of one onset draw as they were)."""
         x, lp = self.draw_step(ctx, temperature, generator, torch.zeros_like(onset))
         hit = onset.bool()
         if not bool(hit.any()):
             return x, lp
         hot = state.onset_temperature if state.onset_temperature is not None else temperature
-        draws = [self.draw_step(ctx[hit], hot, generator, onset[hit])
-                 for _ in range(state.onset_choices)]
-        pick = torch.zeros(int(hit.sum()), dtype=torch.long, device=x.device)
-        if state.onset_choices > 1:
+        k, n = state.onset_choices, int(hit.sum())
+        draws, lps = self.draw_step(ctx[hit].repeat(k, 1), hot, generator, onset[hit].repeat(k))
+        draws, lps = draws.view(k, n, -1), lps.view(k, n)
+        pick = torch.zeros(n, dtype=torch.long, device=draws.device)
+        if k > 1:
             memory = self._pitch_memory()
             before = (memory.power(self._frames(state.last[hit])).mean(-2)
                       if state.last is not None else 0.0)
-            fits = torch.stack([memory.fit(memory.power(self._frames(d)).mean(-2) - before,
-                                           state.pitch[hit]) for d, _ in draws])
-            pick = fits.argmax(0)
-        rows = torch.arange(len(pick), device=x.device)
+            rises = memory.power(self._frames(draws.flatten(0, 1))).mean(-2).view(k, n, 12)
+            pick = memory.fit(rises - before, state.pitch[hit]).argmax(0)
+        rows = torch.arange(n, device=draws.device)
         x, lp = x.clone(), lp.clone()
-        x[hit] = torch.stack([d for d, _ in draws])[pick, rows].to(x.dtype)
-        lp[hit] = torch.stack([p for _, p in draws])[pick, rows].to(lp.dtype)
+        x[hit], lp[hit] = draws[pick, rows].to(x.dtype), lps[pick, rows].to(lp.dtype)
         return x, lp
 
     @torch.no_grad()

@@ -115,13 +115,17 @@ def test_the_kept_draw_is_the_one_that_fits_the_memory_best(tiny_prior, monkeypa
 
     monkeypatch.setattr(MelPrior, "draw_step", recording)
     x, _ = model._draw_onsets(ctx, 0.7, g, onset, state)
-    plain, *hot = draws
-    assert len(hot) == 4 and torch.equal(x[1], plain[1][1])  # the step without an onset
+    (plain_onset, plain), (hot_onset, hot) = draws  # every row once, the onsets 4 times at once
+    assert torch.equal(plain_onset, torch.zeros(3)) and torch.equal(x[1], plain[1])
+    assert torch.equal(hot_onset, torch.ones(8))
+    hot = hot.view(4, 2, -1)  # draw, onset row
     memory = model._pitch_memory()
     fits = torch.stack([memory.fit(memory.power(model._frames(d)).mean(-2), state.pitch[[0, 2]])
-                        for _, d in hot])
+                        for d in hot])
     best = fits.argmax(0)
-    assert torch.equal(x[0], hot[best[0]][1][0]) and torch.equal(x[2], hot[best[1]][1][1])
+    assert torch.equal(x[0], hot[best[0], 0]) and torch.equal(x[2], hot[best[1], 1])
+    # the four draws of a row are four draws, not one
+    assert not torch.equal(hot[0, 0], hot[1, 0])
 
 
 def test_onset_options_need_a_gate_and_sane_values(tiny_prior):
