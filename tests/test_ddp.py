@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def _run(cmd: list[str], out: Path, flat: bool = False) -> None:
         # reproduced in isolation); one more launch tells that apart from a real failure, which
         # aborts again or fails the comparisons below.
         first = proc.stderr[-1500:]
+        shutil.rmtree(out, ignore_errors=True)  # the aborted run's folder would refuse the next
         proc = subprocess.run([*cmd, str(WORKER), str(out)], env=env, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, first + "\n--- retried ---\n" + proc.stderr[-1500:]
