@@ -5,7 +5,8 @@ stability moves by 0.05-0.1 between draws; choosing the onset options by it need
 This script asks the prior's mels directly, without a vocoder: for each style, ``--count``
 crops of held-out music (the test split of ``--data``), a second set of crops (the ideal), and
 ``--count`` free-running clips for each ``--configs`` entry ``T:K`` (``MelPrior.sample(
-onset_temperature=T, onset_choices=K)``; T ``-``: the sampling temperature), each of
+onset_temperature=T, onset_choices=K)``; T ``-``: the sampling temperature; K ``auto``: the
+number of draws from the recent onset rate), each of
 ``--seconds``:
 
 * ``key``: key stability (``chroma_key_stability``, the windows of ``key_stability``) of the
@@ -102,9 +103,11 @@ def statistics(prior: MelPrior, mel: torch.Tensor, ref: torch.Tensor | None) -> 
 
 
 def _config(config: str) -> dict:
-    """``T:K`` -> the sampling options it names (T ``-``: the sampling temperature)."""
+    """``T:K`` -> the sampling options it names (T ``-``: the sampling temperature; K a
+    number or ``auto``)."""
     t, k = config.split(":")
-    return {"onset_temperature": None if t == "-" else float(t), "onset_choices": int(k)}
+    return {"onset_temperature": None if t == "-" else float(t),
+            "onset_choices": k if k == "auto" else int(k)}
 
 
 def time_configs(prior: MelPrior, args: argparse.Namespace) -> dict:

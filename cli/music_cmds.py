@@ -28,6 +28,7 @@ from flowsuite.musicflow.prior import (
     DEFAULT_ONSET_CHOICES,
     DEFAULT_ONSET_TEMPERATURE,
     DEFAULT_TEMPERATURE,
+    MAX_ONSET_CHOICES,
 )
 
 _DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -36,6 +37,18 @@ _DEVICE = click.Choice(["auto", "cpu", "cuda"])
 def _check_number(name: str, value: float, low: float = 0.0) -> None:
     if not (math.isfinite(value) and value >= low):
         raise FlowsuiteError(f"{name} must be a number of at least {low:g}, not {value}")
+
+
+def _onset_choices(value: str | None) -> int | str | None:
+    """``--onset-choices``: a whole number, ``auto`` or not given (``None``); the range is
+    checked with the prior (``MelPrior.check_onset_options``)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise FlowsuiteError(f"onset choices must be a whole number from 1 to "
+                             f"{MAX_ONSET_CHOICES} or auto, not {value}") from None
 
 
 # ------------------------------------------------------------------------------------ train
@@ -217,9 +230,10 @@ _ONSET_TEMPERATURE_HELP = ("For a prior with an onset gate: the latent temperatu
                            f"{DEFAULT_ONSET_TEMPERATURE:g}.")
 _ONSET_CHOICES_HELP = ("For a prior with an onset gate: draw each onset step this many times "
                        "and keep the draw whose new notes best fit the pitch classes heard in "
-                       f"the last seconds (1 to 32; default: {DEFAULT_ONSET_CHOICES}; "
+                       "the last seconds (1 to 32, or auto: more draws where onsets are "
+                       f"sparse, fewer where they are dense; default: {DEFAULT_ONSET_CHOICES}). "
                        "--onset-temperature equal to --temperature with --onset-choices 1 "
-                       "draws onset steps like the others).")
+                       "draws onset steps like the others.")
 
 
 def _vocoder_arg(path: Path | None) -> Path | str | None:
@@ -252,7 +266,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               "firmer on the beat; 0: the likelier label); default "
               f"{DEFAULT_GATE_TEMPERATURE:g} for a prior trained with --beats, 1 without.")
 @click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
-@click.option("--onset-choices", type=int, default=None, help=_ONSET_CHOICES_HELP)
+@click.option("--onset-choices", default=None, metavar="K|auto", help=_ONSET_CHOICES_HELP)
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("music.wav"),
               show_default=True, help="Output .wav (22050 Hz mono).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None,
@@ -269,7 +283,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
           key: str | None, tempo: float | None, gate_temperature: float | None,
-          onset_temperature: float | None, onset_choices: int | None, out_path: Path,
+          onset_temperature: float | None, onset_choices: str | None, out_path: Path,
           preview: Path | None,
           model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
           device: str, force: bool) -> None:
@@ -298,6 +312,7 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     if key is not None:  # so does an unknown key, or one for a prior without keys
         gen.prior.labels(torch.zeros(1, dtype=torch.long), key)
     gen.prior.check_clock_options(tempo, gate_temperature)  # before any work
+    onset_choices = _onset_choices(onset_choices)
     gen.prior.check_onset_options(onset_temperature, onset_choices)
     prime = None
     if from_path is not None:
@@ -361,7 +376,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
               help="For a prior with an onset gate: the temperature of its draws (default "
                    f"{DEFAULT_GATE_TEMPERATURE:g} with a clock, 1 without; see gen music).")
 @click.option("--onset-temperature", type=float, default=None, help=_ONSET_TEMPERATURE_HELP)
-@click.option("--onset-choices", type=int, default=None, help=_ONSET_CHOICES_HELP)
+@click.option("--onset-choices", default=None, metavar="K|auto", help=_ONSET_CHOICES_HELP)
 @click.option("--sigma", type=float, default=0.6, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the figures here.")
@@ -380,7 +395,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
                seconds: float, temperature: float, gate_temperature: float | None,
-               onset_temperature: float | None, onset_choices: int | None, sigma: float,
+               onset_temperature: float | None, onset_choices: str | None, sigma: float,
                json_path: Path | None, device: str, seed: int, draws: int, style: str | None,
                force: bool) -> None:
     """Distances between generated and held-out music, beside shaped noise, the ideal
@@ -412,7 +427,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
         gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
     gen.prior.check_clock_options(gate_temperature=gate_temperature)
     # recorded as drawn: a gated prior's defaults filled in
-    onset_temperature, onset_choices = gen.prior.onset_options(onset_temperature, onset_choices)
+    onset_temperature, onset_choices = gen.prior.onset_options(onset_temperature,
+                                                               _onset_choices(onset_choices))
     rate = gen.sample_rate
     samples = round(seconds * rate)
     held = _reference_clips(data_dir, samples, 2 * count, style)

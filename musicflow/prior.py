@@ -114,12 +114,16 @@ KEY_MEMORY_SECONDS = 4.0
 PITCH_BANDS_HZ = (150.0, 5000.0)
 MAX_ONSET_CHOICES = 32
 # What a gated prior draws its onset steps with when the call names neither: hot, each the best
-# of four draws. Against the plain draw at the sampling temperature (0.7), over six clip sets
-# per style, the clips came closer on log-mel frames and rhythm in all three styles and on pitch
-# classes in quartets and folk; tonality and key stability moved within the noise, but folk
-# clips keep their key more firmly than the music; BENCHMARKS.md "Onset options as the default".
+# of a number of draws that keeps the choice's pull on the key per second of music, not per
+# onset ("auto"): exp(AUTO_CHOICE_PULL / r) draws (at most AUTO_MAX_CHOICES) where r is the rate
+# of rising steps over the last GATE_HISTORY steps, so music with few onsets chooses hard at
+# each and music with many lightly. A fixed number held quartets near the music's key but left
+# chorales below it and took folk, with three times their onsets, far above; BENCHMARKS.md
+# "Onset options as the default".
 DEFAULT_ONSET_TEMPERATURE = 1.3
-DEFAULT_ONSET_CHOICES = 4
+DEFAULT_ONSET_CHOICES = "auto"
+AUTO_CHOICE_PULL = 3.0  # nats of choice per second: log(draws) x onsets per second
+AUTO_MAX_CHOICES = 16
 
 
 class PitchMemory:
@@ -274,7 +278,8 @@ class PriorState:
     (its log-odds are divided by it; 0: the likelier label), the latent temperature of its
     onset steps (``None``: the sampling temperature; :meth:`MelPrior.initial_state` fills in
     a gated prior's default) and how many draws each onset step is chosen from, with the
-    memory of the pitch classes sounded that chooses (``None`` unless ``onset_choices > 1``)."""
+    memory of the pitch classes sounded that chooses (``None`` where ``onset_choices`` is 1;
+    ``"auto"``: see ``DEFAULT_ONSET_CHOICES``)."""
 
     hidden: Tensor
     style: Tensor
@@ -284,7 +289,7 @@ class PriorState:
     onset: Tensor | None = None
     gate_temperature: float = DEFAULT_GATE_TEMPERATURE
     onset_temperature: float | None = None
-    onset_choices: int = 1
+    onset_choices: int | str = 1
     pitch: Tensor | None = None
 
 
@@ -908,7 +913,8 @@ class MelPrior(Configurable, nn.Module):
     # ------------------------------------------------------------------------------ sampling
 
     def onset_options(self, onset_temperature: float | None = None,
-                      onset_choices: int | None = None) -> tuple[float | None, int]:
+                      onset_choices: int | str | None = None
+                      ) -> tuple[float | None, int | str]:
         """The onset temperature and number of choices a sample draws with: for a gated prior
         those given, ``DEFAULT_ONSET_TEMPERATURE`` and ``DEFAULT_ONSET_CHOICES`` where ``None``;
         for a prior without a gate ``(None, 1)`` (the plain draw). Checked as
@@ -918,13 +924,15 @@ class MelPrior(Configurable, nn.Module):
             return None, 1
         return (DEFAULT_ONSET_TEMPERATURE if onset_temperature is None
                 else float(onset_temperature),
-                DEFAULT_ONSET_CHOICES if onset_choices is None else int(onset_choices))
+                DEFAULT_ONSET_CHOICES if onset_choices is None
+                else onset_choices if onset_choices == "auto" else int(onset_choices))
 
     def check_onset_options(self, onset_temperature: float | None = None,
-                            onset_choices: int | None = None) -> None:
+                            onset_choices: int | str | None = None) -> None:
         """A one-line ``FlowsuiteError`` for an ``onset_temperature`` or ``onset_choices``
         other than 1 (``None``: not given) given to a prior without an onset gate, a negative
-        temperature, or a number of choices outside 1 to ``MAX_ONSET_CHOICES``."""
+        temperature, or a number of choices outside 1 to ``MAX_ONSET_CHOICES`` (or
+        ``"auto"``)."""
         if onset_temperature is None and onset_choices in (None, 1):
             return
         if self.gate is None:
@@ -934,10 +942,10 @@ class MelPrior(Configurable, nn.Module):
                                                   and math.isfinite(onset_temperature)):
             raise FlowsuiteError(f"the onset temperature must be a non-negative number, not "
                                  f"{onset_temperature:g}")
-        if onset_choices is not None and not (isinstance(onset_choices, int)
-                                              and 1 <= onset_choices <= MAX_ONSET_CHOICES):
+        if onset_choices not in (None, "auto") and not (
+                isinstance(onset_choices, int) and 1 <= onset_choices <= MAX_ONSET_CHOICES):
             raise FlowsuiteError(f"onset choices must be a whole number from 1 to "
-                                 f"{MAX_ONSET_CHOICES}, not {onset_choices}")
+                                 f"{MAX_ONSET_CHOICES} or auto, not {onset_choices}")
 
     def check_clock_options(self, tempo: float | None = None,
                             gate_temperature: float | None = None) -> None:
@@ -967,7 +975,7 @@ class MelPrior(Configurable, nn.Module):
                       key: str | int | None = None, tempo: float | None = None,
                       gate_temperature: float | None = None,
                       onset_temperature: float | None = None,
-                      onset_choices: int | None = None) -> PriorState:
+                      onset_choices: int | str | None = None) -> PriorState:
         """The state before the first sampled step: the GRU has read the start vector and, with
         ``prime`` (log-mel ``(n_mel, F)`` or ``(batch, n_mel, F)``), the prime's last whole steps,
         so sampling continues it. ``key``: see :meth:`labels`. A clocked prior's clock starts on
@@ -985,7 +993,7 @@ class MelPrior(Configurable, nn.Module):
         dev = self._device()
         self.check_clock_options(tempo, gate_temperature)
         onset_temperature, onset_choices = self.onset_options(onset_temperature, onset_choices)
-        pitch = torch.zeros(batch, 12, device=dev) if onset_choices > 1 else None
+        pitch = torch.zeros(batch, 12, device=dev) if onset_choices != 1 else None
         styles = self.style_index(style, batch, generator)
         labels = self.labels(styles, key, generator).to(dev)
         clock = None
@@ -1035,7 +1043,7 @@ class MelPrior(Configurable, nn.Module):
                                         generator=generator)
             else:
                 onset = (logit > 0).float()
-        if onset is not None and (state.onset_choices > 1 or state.onset_temperature
+        if onset is not None and (state.onset_choices != 1 or state.onset_temperature
                                   not in (None, temperature)):
             x, lp = self._draw_onsets(ctx, temperature, generator, onset, state)
         else:
@@ -1063,10 +1071,20 @@ class MelPrior(Configurable, nn.Module):
         """Normalised steps ``(N, block * n_mel)`` -> their log-mel frames ``(N, n_mel, block)``."""
         return self.denormalise(x.float().view(-1, self.block, self.n_mel).transpose(1, 2))
 
+    def auto_choices(self, rises: Tensor) -> Tensor:
+        """How many draws an onset step is chosen from under ``onset_choices="auto"``, given the
+        rises of the last ``GATE_HISTORY`` steps ``(N, GATE_HISTORY)``: ``exp(AUTO_CHOICE_PULL
+        / r)`` rounded, from 1 to ``AUTO_MAX_CHOICES``, where ``r`` is their rate per second
+        (at least one per history, so that a quiet past asks the most) ``(N,)`` long."""
+        seconds = rises.shape[-1] * self.block / self.frames_per_second
+        rate = rises.float().sum(-1).clamp_min(1.0) / seconds
+        return torch.exp(AUTO_CHOICE_PULL / rate).round().clamp(1, AUTO_MAX_CHOICES).long()
+
     def _draw_onsets(self, ctx: Tensor, temperature: float, generator: torch.Generator | None,
                      onset: Tensor, state: PriorState) -> tuple[Tensor, Tensor]:
         """:meth:`draw_step` with the onset steps (rows where ``onset`` is 1) drawn at the
-        state's onset temperature, each ``onset_choices`` times (in one batch), keeping the draw
+        state's onset temperature, each ``onset_choices`` times (``"auto"``:
+        :meth:`auto_choices` for each row; in one batch), keeping the draw
         whose rise over the step before keeps best to the pitch memory
         (:meth:`PitchMemory.fit`). Every row is first drawn as if it had no onset (the onset
         rows' draw is then replaced: it keeps the numbers of one onset draw as they were)."""
@@ -1075,7 +1093,10 @@ class MelPrior(Configurable, nn.Module):
         if not bool(hit.any()):
             return x, lp
         hot = state.onset_temperature if state.onset_temperature is not None else temperature
-        k, n = state.onset_choices, int(hit.sum())
+        n = int(hit.sum())
+        each = (self.auto_choices(state.rises[hit]) if state.onset_choices == "auto"
+                else torch.full((n,), int(state.onset_choices), device=ctx.device))
+        k = int(each.max())
         draws, lps = self.draw_step(ctx[hit].repeat(k, 1), hot, generator, onset[hit].repeat(k))
         draws, lps = draws.view(k, n, -1), lps.view(k, n)
         pick = torch.zeros(n, dtype=torch.long, device=draws.device)
@@ -1084,7 +1105,9 @@ class MelPrior(Configurable, nn.Module):
             before = (memory.power(self._frames(state.last[hit])).mean(-2)
                       if state.last is not None else 0.0)
             rises = memory.power(self._frames(draws.flatten(0, 1))).mean(-2).view(k, n, 12)
-            pick = memory.fit(rises - before, state.pitch[hit]).argmax(0)
+            fit = memory.fit(rises - before, state.pitch[hit])  # (k, n), in [0, 1]
+            fit = fit.masked_fill(torch.arange(k, device=fit.device)[:, None] >= each, -1.0)
+            pick = fit.argmax(0)
         rows = torch.arange(n, device=draws.device)
         x, lp = x.clone(), lp.clone()
         x[hit], lp[hit] = draws[pick, rows].to(x.dtype), lps[pick, rows].to(lp.dtype)
@@ -1122,7 +1145,7 @@ class MelPrior(Configurable, nn.Module):
                generator: torch.Generator | None = None, prime: Tensor | None = None,
                batch: int = 1, key: str | int | None = None, tempo: float | None = None,
                gate_temperature: float | None = None, onset_temperature: float | None = None,
-               onset_choices: int | None = None) -> Tensor:
+               onset_choices: int | str | None = None) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
         latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel

@@ -3,6 +3,8 @@ the pitch classes heard (`onset_temperature`, `onset_choices`)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,11 @@ import torch
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import MelSpectrogram
 from flowsuite.musicflow.prior import (
+    AUTO_CHOICE_PULL,
+    AUTO_MAX_CHOICES,
     DEFAULT_ONSET_CHOICES,
     DEFAULT_ONSET_TEMPERATURE,
+    GATE_HISTORY,
     MelPrior,
     PitchMemory,
 )
@@ -70,8 +75,8 @@ def test_a_gated_prior_draws_its_onsets_with_the_defaults_unless_told(tiny_prior
                                              onset_temperature=DEFAULT_ONSET_TEMPERATURE,
                                              onset_choices=DEFAULT_ONSET_CHOICES))
     state = model.initial_state(2, "a")
-    assert (state.onset_temperature, state.onset_choices) == (1.3, 4)
-    assert model.onset_options(None, 1) == (1.3, 1) and model.onset_options(0.5) == (0.5, 4)
+    assert (state.onset_temperature, state.onset_choices) == (1.3, "auto")
+    assert model.onset_options(None, 1) == (1.3, 1) and model.onset_options(0.5) == (0.5, "auto")
     plain = model.sample(40, "a", seed=3, batch=2, onset_temperature=0.7, onset_choices=1)
     assert not torch.equal(plain, default)
     # a prior without a gate draws as it always did, and says so
@@ -133,6 +138,7 @@ def test_onset_options_need_a_gate_and_sane_values(tiny_prior):
         tiny_prior().sample(4, onset_choices=2)
     model = _gated(tiny_prior)
     for bad, match in (({"onset_choices": 0}, "1 to 32"), ({"onset_choices": 33}, "1 to 32"),
+                       ({"onset_choices": "many"}, "or auto"),
                        ({"onset_temperature": -1.0}, "non-negative"),
                        ({"onset_temperature": float("nan")}, "non-negative")):
         with pytest.raises(FlowsuiteError, match=match):
@@ -155,3 +161,44 @@ def test_onsets_at_the_sampling_temperature_take_the_plain_draw(tiny_prior, monk
                      onset_choices=1)
     with pytest.raises(AssertionError, match="onset draw"):
         model.sample(40, "a", seed=3, batch=2)
+
+
+def test_auto_choices_pull_on_the_key_per_second_not_per_onset(tiny_prior):
+    model = _gated(tiny_prior)
+    seconds = GATE_HISTORY * model.block / model.frames_per_second
+    rises = torch.zeros(4, GATE_HISTORY)
+    rises[1, :4] = 1
+    rises[2, ::2] = 1
+    rises[3] = 1
+    got = model.auto_choices(rises)
+    want = [min(AUTO_MAX_CHOICES, round(math.exp(AUTO_CHOICE_PULL * seconds / max(c, 1))))
+            for c in (0, 4, GATE_HISTORY // 2, GATE_HISTORY)]
+    assert got.tolist() == [max(1, w) for w in want]
+    assert got[0] > got[1] > got[2] >= got[3] == 1  # a quiet past asks most, a busy one least
+
+
+def test_auto_draws_each_onset_row_its_own_number_of_times(tiny_prior, monkeypatch):
+    model = _gated(tiny_prior)
+    g = torch.Generator().manual_seed(0)
+    state = model.initial_state(3, "a", generator=g, onset_choices="auto")
+    state.pitch = torch.rand(3, 12)
+    state.rises = torch.zeros(3, GATE_HISTORY)
+    state.rises[2] = 1  # row 2 has a busy past: one draw; row 0 a quiet one: the most
+    ctx = model._context(state.hidden[-1], state.style, state.last)
+    draws = []
+    real = MelPrior.draw_step
+
+    def recording(self, context, temperature=0.7, generator=None, onset=None):
+        out = real(self, context, temperature, generator, onset)
+        draws.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(MelPrior, "draw_step", recording)
+    x, _ = model._draw_onsets(ctx, 0.7, g, torch.tensor([1.0, 0.0, 1.0]), state)
+    k = int(model.auto_choices(state.rises[0:1]))
+    assert k > 1 and int(model.auto_choices(state.rises[2:3])) == 1
+    hot = draws[1].view(k, 2, -1)
+    assert torch.equal(x[2], hot[0, 1])  # its only candidate, whatever the others' fit
+    memory = model._pitch_memory()
+    fits = memory.fit(memory.power(model._frames(hot[:, 0])).mean(-2), state.pitch[0])
+    assert torch.equal(x[0], hot[int(fits.argmax()), 0])

@@ -577,6 +577,8 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
     _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                    "--onset-choices", 0, "--out", tmp_path / "x.wav"), "onset choices")
     _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
+                   "--onset-choices", "many", "--out", tmp_path / "x.wav"), "or auto")
+    _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                    "--onset-temperature", -2, "--out", tmp_path / "x.wav"), "onset temperature")
     for bad in ("0", "1000", "nan"):
         _fails(_invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
@@ -610,7 +612,7 @@ def test_train_prior_with_beats_and_gen_music_at_a_tempo(models, music_set, tmp_
                 "--count", 2, "--seconds", 1, "--json", js, "--force", "--device", "cpu")
     assert r.exit_code == 0, r.output
     got = json.loads(js.read_text())
-    assert (got["onset_temperature"], got["onset_choices"]) == (1.3, 4)
+    assert (got["onset_temperature"], got["onset_choices"]) == (1.3, "auto")
     _fails(_invoke("eval", "music", "--model", plain, "--vocoder", "griffin-lim", "--data",
                    beat_set, "--gate-temperature", 0.5), "no onset gate")
     assert not (tmp_path / "x.wav").exists() and not (tmp_path / "y.wav").exists()
