@@ -109,7 +109,7 @@ class MusicGenerator:
                      key: str | int | None = None, tempo: float | None = None,
                      gate_temperature: float | None = None,
                      onset_temperature: float | None = None,
-                     onset_choices: int | None = None) -> torch.Tensor:
+                     onset_choices: int | str | None = None) -> torch.Tensor:
         """The log-mel ``(n_mel, F)`` covering ``seconds`` (``F = ceil(seconds * rate / hop)``);
         ``key`` for a prior trained with keys (a name such as ``"D minor"``; ``None``: at
         random), ``tempo`` for one trained with beats (beats per minute; ``None``: the
@@ -150,7 +150,7 @@ class MusicGenerator:
                  key: str | int | None = None, tempo: float | None = None,
                  gate_temperature: float | None = None,
                  onset_temperature: float | None = None,
-                 onset_choices: int | None = None) -> tuple[np.ndarray, int]:
+                 onset_choices: int | str | None = None) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with
         ``prime_audio`` (mono float32 at ``rate``) the music continues that clip (the output
         holds only the continuation); ``key``, ``tempo``, ``gate_temperature``,
