@@ -57,6 +57,12 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
                     f_sp * mel)
 
 
+def mel_band_edges(n_mel: int = N_MEL, fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """The ``n_mel + 2`` edge frequencies in Hz of the mel bands, evenly spaced on the Slaney
+    scale: band ``i`` rises from edge ``i``, peaks at ``i + 1`` and falls to ``i + 2``."""
+    return mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mel + 2))
+
+
 def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mel: int = N_MEL,
                    fmin: float = FMIN, fmax: float = FMAX) -> Tensor:
     """Triangular mel filters ``(n_mel, n_fft // 2 + 1)`` (float64) on the Slaney scale, each
@@ -64,7 +70,7 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mel: in
     if not 0 <= fmin < fmax <= sample_rate / 2:
         raise ValueError(f"need 0 <= fmin < fmax <= sample_rate / 2, got {fmin}, {fmax}")
     freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mel + 2))
+    edges = mel_band_edges(n_mel, fmin, fmax)
     widths = np.diff(edges)
     rising = (freqs[None, :] - edges[:-2, None]) / widths[:-1, None]
     falling = (edges[2:, None] - freqs[None, :]) / widths[1:, None]

@@ -47,8 +47,7 @@ from flowsuite.musicflow.mel import (
     N_MEL,
     SAMPLE_RATE,
     AudioShapeError,
-    hz_to_mel,
-    mel_to_hz,
+    mel_band_edges,
 )
 from flowsuite.musicflow.metrics import MEL_ONSET_RISE, mel_onset_frames, mel_rise
 
@@ -138,7 +137,7 @@ class PitchMemory:
         if not (seconds > 0 and math.isfinite(seconds)):
             raise ValueError(f"a pitch memory needs a positive number of seconds, not {seconds}")
         self.decay = math.exp(-hop / (seconds * sample_rate))
-        edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mel + 2))
+        edges = mel_band_edges(n_mel, fmin, fmax)
         low, centre, high = edges[:-2], edges[1:-1], edges[2:]
         semitone = 12 * np.log2(np.maximum(centre, 1e-3) / 440.0) + 9  # C = 0, A = 9
         spread = np.maximum(3 * np.log2(high / np.maximum(low, 1e-3)), 0.5)  # a quarter width
