@@ -224,6 +224,10 @@ def train_prior_cmd(data_dir: Path, out_dir: Path, preset: str, steps: int, batc
 # ------------------------------------------------------------------------------------ music
 
 
+_TEMPERATURE_HELP = ("Prior temperature: scales each step's latent noise (1 = untempered; 0 = "
+                     "no noise: with a mixture prior, the chosen component's mean); default: "
+                     "the style's where the model names one (`gen models show mel-prior`), "
+                     f"else {DEFAULT_TEMPERATURE:g}.")
 _ONSET_TEMPERATURE_HELP = ("For a prior with an onset gate: the latent temperature of its onset "
                            "steps (hotter: bolder attacks and richer spectra, but new notes "
                            "leave the key unless --onset-choices keeps them to it); default: "
@@ -249,9 +253,7 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--seconds", type=float, default=10.0, show_default=True,
               help="Length of the music, 1 s to 10 min.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True,
-              help="Prior temperature: scales each step's latent noise (1 = untempered; 0 = no "
-                   "noise: with a mixture prior, the chosen component's mean).")
+@click.option("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
 @click.option("--sigma", type=float, default=0.6, show_default=True,
               help="Vocoder latent noise scale.")
 @click.option("--style", default=None, help="A style the prior knows (e.g. chorale, folk, "
@@ -281,7 +283,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
               help="Continue this clip: the output holds the music that follows it.")
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
-def music(seconds: float, seed: int, temperature: float, sigma: float, style: str | None,
+def music(seconds: float, seed: int, temperature: float | None, sigma: float,
+          style: str | None,
           key: str | None, tempo: float | None, gate_temperature: float | None,
           onset_temperature: float | None, onset_choices: str | None, out_path: Path,
           preview: Path | None,
@@ -293,7 +296,8 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     from flowsuite.musicflow.generator import GRIFFIN_LIM, MusicGenerator, check_seconds
 
     check_seconds(seconds)
-    _check_number("--temperature", temperature)
+    if temperature is not None:
+        _check_number("--temperature", temperature)
     _check_number("--sigma", sigma)
     if seed < 0:
         raise FlowsuiteError(f"--seed must not be negative, not {seed}")
@@ -328,7 +332,8 @@ def music(seconds: float, seed: int, temperature: float, sigma: float, style: st
     if preview is not None:
         from flowsuite.musicflow.preview import write_spectrograms
 
-        title = (f"gen music --seed {seed} --temperature {temperature:g}"
+        title = (f"gen music --seed {seed}"
+                 + (f" --temperature {temperature:g}" if temperature is not None else "")
                  + (f" --style {style}" if style else "") + (f" --key '{key}'" if key else "")
                  + (f" --tempo {tempo:g}" if tempo is not None else "")
                  + (f" --gate-temperature {gate_temperature:g}"
@@ -371,7 +376,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
 @click.option("--count", type=int, default=8, show_default=True,
               help="Clips per system (the held-out side uses twice as many).")
 @click.option("--seconds", type=float, default=6.0, show_default=True, help="Seconds per clip.")
-@click.option("--temperature", type=float, default=DEFAULT_TEMPERATURE, show_default=True)
+@click.option("--temperature", type=float, default=None, help=_TEMPERATURE_HELP)
 @click.option("--gate-temperature", type=float, default=None,
               help="For a prior with an onset gate: the temperature of its draws (default "
                    f"{DEFAULT_GATE_TEMPERATURE:g} with a clock, 1 without; see gen music).")
@@ -394,7 +399,7 @@ def _reference_clips(data_dir: Path, samples: int, count: int,
                    "only (the manifest's style, or a plain folder's sub-folder name).")
 @click.option("--force", is_flag=True, help="Replace an existing --json file.")
 def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Path, count: int,
-               seconds: float, temperature: float, gate_temperature: float | None,
+               seconds: float, temperature: float | None, gate_temperature: float | None,
                onset_temperature: float | None, onset_choices: str | None, sigma: float,
                json_path: Path | None, device: str, seed: int, draws: int, style: str | None,
                force: bool) -> None:
@@ -417,14 +422,19 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
         raise FlowsuiteError(f"--count must be at least 2, not {count}")
     if not (math.isfinite(seconds) and 1 <= seconds <= 60):
         raise FlowsuiteError(f"--seconds must be from 1 to 60, not {seconds}")
-    _check_number("--temperature", temperature)
+    if temperature is not None:
+        _check_number("--temperature", temperature)
     _check_number("--sigma", sigma)
     dev = resolve_device(device)
     gen = MusicGenerator.from_pretrained(
         model_file(model_path) if model_path is not None else None,
         _vocoder_arg(vocoder_path), device=dev)
-    if style is not None:
-        gen.prior.style_index(style, 1)  # an unknown style fails here, before any work
+    drawn_at: float | str | None = temperature  # recorded as drawn
+    if style is not None:  # an unknown style fails here, before any work
+        drawn_at = temperature if temperature is not None else float(
+            gen.prior.temperature_of(gen.prior.style_index(style, 1)))
+    elif temperature is None:
+        drawn_at = "by style" if gen.prior.temperatures else DEFAULT_TEMPERATURE
     gen.prior.check_clock_options(gate_temperature=gate_temperature)
     # recorded as drawn: a gated prior's defaults filled in
     onset_temperature, onset_choices = gen.prior.onset_options(onset_temperature,
@@ -476,7 +486,8 @@ def eval_music(model_path: Path | None, vocoder_path: Path | None, data_dir: Pat
     result = {"model": str(model_path or "shipped mel-prior"),
               "vocoder": str(vocoder_path or "shipped waveglow"), "data": str(data_dir),
               "clips": {k: len(v) for k, v in clips.items()}, "reference_clips": n,
-              "seconds": seconds, "temperature": temperature,
+              "seconds": seconds, "temperature": drawn_at,
+              "style_temperatures": dict(gen.prior.temperatures),
               "gate_temperature": gate_temperature, "onset_temperature": onset_temperature,
               "onset_choices": onset_choices, "sigma": sigma, "seed": seed,
               "style": style, "metrics": metrics, "key_stability": keys,

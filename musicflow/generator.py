@@ -16,7 +16,7 @@ import torch
 from flowsuite.core.checkpoint import load_model
 from flowsuite.core.errors import FlowsuiteError
 from flowsuite.musicflow.mel import GriffinLimVocoder
-from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE, MAX_SECONDS, MelPrior
+from flowsuite.musicflow.prior import MAX_SECONDS, MelPrior
 from flowsuite.musicflow.waveglow import WaveGlow
 
 # The name that picks the Griffin-Lim vocoder (no weights) instead of a WaveGlow file.
@@ -104,7 +104,7 @@ class MusicGenerator:
             return self.vocoder.mel(x.to(self.vocoder.mel.window.device))
 
     @torch.no_grad()
-    def generate_mel(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
+    def generate_mel(self, seconds: float, seed: int = 0, temperature: float | None = None,
                      style: str | None = None, prime_audio: np.ndarray | None = None,
                      key: str | int | None = None, tempo: float | None = None,
                      gate_temperature: float | None = None,
@@ -114,7 +114,9 @@ class MusicGenerator:
         ``key`` for a prior trained with keys (a name such as ``"D minor"``; ``None``: at
         random), ``tempo`` for one trained with beats (beats per minute; ``None``: the
         style's) and ``gate_temperature``, ``onset_temperature`` and ``onset_choices`` for one
-        with an onset gate (``None``: the prior's defaults; see :meth:`MelPrior.initial_state`)."""
+        with an onset gate (``None``: the prior's defaults; see :meth:`MelPrior.initial_state`).
+        ``temperature``: ``None`` draws at the style's (:meth:`MelPrior.temperature_of`:
+        ``DEFAULT_TEMPERATURE`` unless the prior names one for it)."""
         seconds = check_seconds(seconds)
         frames = math.ceil(round(seconds * self.sample_rate) / self.prior.hop)
         prime = None if prime_audio is None else self.prime_mel(prime_audio)
@@ -144,7 +146,7 @@ class MusicGenerator:
                 break
         return out
 
-    def generate(self, seconds: float, seed: int = 0, temperature: float = DEFAULT_TEMPERATURE,
+    def generate(self, seconds: float, seed: int = 0, temperature: float | None = None,
                  sigma: float = 0.6, style: str | None = None,
                  prime_audio: np.ndarray | None = None,
                  key: str | int | None = None, tempo: float | None = None,
@@ -153,9 +155,9 @@ class MusicGenerator:
                  onset_choices: int | str | None = None) -> tuple[np.ndarray, int]:
         """``(waveform float32 (round(seconds * rate),), rate)`` of new music; with
         ``prime_audio`` (mono float32 at ``rate``) the music continues that clip (the output
-        holds only the continuation); ``key``, ``tempo``, ``gate_temperature``,
+        holds only the continuation); ``temperature``, ``key``, ``tempo``, ``gate_temperature``,
         ``onset_temperature`` and ``onset_choices`` as in :meth:`generate_mel`."""
-        if not (temperature >= 0 and math.isfinite(temperature)):
+        if temperature is not None and not (temperature >= 0 and math.isfinite(temperature)):
             raise FlowsuiteError(f"temperature must be a non-negative number, not {temperature}")
         if not (sigma >= 0 and math.isfinite(sigma)):
             raise FlowsuiteError(f"sigma must be a non-negative number, not {sigma}")

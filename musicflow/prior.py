@@ -72,7 +72,10 @@ SMEAR_BANDS = 3
 # BENCHMARKS.md "Why the prior drones" and "Does the music keep its key?"): the mixture prior is
 # closer to held-out music at 0.7-1.0 than at 0.5 on log-mel, chroma and rhythm distances, and
 # level within that range; over 10-s clips it keeps its key about 3x as well at 0.7 as at 0.9
-# (key stability 0.17-0.23 against 0.05-0.08, held-out music 0.30), so 0.7.
+# (key stability 0.17-0.23 against 0.05-0.08, held-out music 0.30), so 0.7. A model may name
+# another for a style (``temperatures``): with hot onset steps chosen by the key, the shipped
+# prior's chorales come closer to the music at 1.0 with their key kept, while folk's is lost
+# above 0.7 (BENCHMARKS.md, "A temperature per style").
 DEFAULT_TEMPERATURE = 0.7
 
 # A keyed prior adds KEY_GAIN * W @ key_features(key) to the GRU's summary, W starting at zero:
@@ -278,7 +281,9 @@ class PriorState:
     onset steps (``None``: the sampling temperature; :meth:`MelPrior.initial_state` fills in
     a gated prior's default) and how many draws each onset step is chosen from, with the
     memory of the pitch classes sounded that chooses (``None`` where ``onset_choices`` is 1;
-    ``"auto"``: see ``DEFAULT_ONSET_CHOICES``)."""
+    ``"auto"``: see ``DEFAULT_ONSET_CHOICES``). ``temperature`` is what a step draws at when its
+    call names none: each sample's style's (:meth:`MelPrior.temperature_of`), a number or
+    ``(B,)``."""
 
     hidden: Tensor
     style: Tensor
@@ -290,6 +295,7 @@ class PriorState:
     onset_temperature: float | None = None
     onset_choices: int | str = 1
     pitch: Tensor | None = None
+    temperature: float | Tensor = DEFAULT_TEMPERATURE
 
 
 @register_model("mel-prior")
@@ -357,6 +363,11 @@ class MelPrior(Configurable, nn.Module):
             training music of the style (``tempi``).
         tempi: for a clocked prior, the median tempo in beats per minute of the training music
             per style name, and of all of it under ``"all"``.
+        temperatures: the sampling temperature per style name where a style is closer to
+            held-out music at another than ``DEFAULT_TEMPERATURE`` (measured after training, so
+            written into the model's config when it is packed: ``recipes/pack.py --set``); a
+            sample drawn without a temperature takes its style's, ``DEFAULT_TEMPERATURE`` for a
+            style not named (see :meth:`temperature_of`).
         spline_bins: bins of a monotone spline per mel value, its knots from the context, on
             the mel side of each step's flow (after the context-predicted affine map; see
             :class:`ContextAffine`), so a value's density given the past can have two modes
@@ -381,7 +392,8 @@ class MelPrior(Configurable, nn.Module):
                  spline_bins: int = 0, carry: bool = False, rollout: int = 0,
                  rollout_share: float = 1.0, context_smear: float = 0.0,
                  context_blank: float = 0.0, keys: bool = False, onset_gate: bool = False,
-                 beats: bool = False, tempi: dict[str, float] | None = None):
+                 beats: bool = False, tempi: dict[str, float] | None = None,
+                 temperatures: dict[str, float] | None = None):
         super().__init__()
         if block < 1 or hidden < 1 or rnn_layers < 1 or n_flows < 1:
             raise ValueError("block, hidden, rnn_layers and n_flows must be positive")
@@ -455,6 +467,13 @@ class MelPrior(Configurable, nn.Module):
         self.tempi = {str(k): float(v) for k, v in (tempi or {}).items()}
         if any(not (math.isfinite(v) and v > 0) for v in self.tempi.values()):
             raise ValueError(f"tempi must be positive beats per minute, got {self.tempi}")
+        self.temperatures = {str(k): float(v) for k, v in (temperatures or {}).items()}
+        if any(not (math.isfinite(v) and v >= 0) for v in self.temperatures.values()):
+            raise ValueError(f"temperatures must be non-negative numbers, got "
+                             f"{self.temperatures}")
+        if unknown := sorted(set(self.temperatures) - set(self.styles)):
+            raise ValueError(f"temperatures name styles this model does not know: "
+                             f"{', '.join(unknown)} (styles: {', '.join(self.styles) or 'none'})")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> MelPrior:
@@ -497,6 +516,16 @@ class MelPrior(Configurable, nn.Module):
         return torch.tensor([self.tempi.get(self.styles[int(s)], fallback)
                              if 0 <= int(s) < len(self.styles) else fallback for s in style],
                             dtype=torch.float32)
+
+    def temperature_of(self, style: Tensor) -> float | Tensor:
+        """The sampling temperature for style labels ``(B,)`` where a call names none: the
+        style's (``temperatures``), else ``DEFAULT_TEMPERATURE``. One number when every sample
+        has the same, else one per sample ``(B,)``."""
+        values = [self.temperatures.get(self.styles[int(s)], DEFAULT_TEMPERATURE)
+                  if 0 <= int(s) < len(self.styles) else DEFAULT_TEMPERATURE for s in style]
+        if len(set(values)) <= 1:
+            return values[0] if values else DEFAULT_TEMPERATURE
+        return torch.tensor(values, dtype=torch.float32, device=style.device)
 
     def advance(self, clock: Tensor, steps: int = 1) -> Tensor:
         """The clock ``(..., 2)`` ``steps`` steps later (the phase moves on, the tempo holds)."""
@@ -830,13 +859,17 @@ class MelPrior(Configurable, nn.Module):
                 else self.mixture.log_prob(z, ctx))
         return base + logdet
 
-    def sample_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
+    def sample_step(self, context: Tensor, temperature: float | Tensor = DEFAULT_TEMPERATURE,
                     generator: torch.Generator | None = None, onset: Tensor | None = None
                     ) -> tuple[Tensor, Tensor]:
         """A normalised step ``(N, block * n_mel)`` per context row ``(N, context)`` and its
         untempered log-density ``(N,)``; for a gated prior, of the label ``onset`` ``(N,)`` drawn
-        for each row (its latent from that label's mixture; ``None``: no onsets)."""
+        for each row (its latent from that label's mixture; ``None``: no onsets).
+        ``temperature``: one, or one per row ``(N,)``."""
         ctx, prev = self._split(context)
+        if isinstance(temperature, Tensor):  # one per row: scales the noise of its row
+            temperature = temperature.to(ctx.device, ctx.dtype).view(
+                -1, *[1] * (1 if self.mixture is None else 2))
         if self.mixture is None:
             x, lp = self.flow.sample_and_log_prob(context=ctx, temperature=temperature,
                                                   generator=generator)
@@ -855,7 +888,7 @@ class MelPrior(Configurable, nn.Module):
             x = x + self._carried(ctx, prev).to(x.dtype)
         return x, lp
 
-    def draw_step(self, context: Tensor, temperature: float = DEFAULT_TEMPERATURE,
+    def draw_step(self, context: Tensor, temperature: float | Tensor = DEFAULT_TEMPERATURE,
                   generator: torch.Generator | None = None, onset: Tensor | None = None
                   ) -> tuple[Tensor, Tensor]:
         """:meth:`sample_step` as the recurrence reads it: a log-mel is never below log(CLAMP)
@@ -1026,13 +1059,17 @@ class MelPrior(Configurable, nn.Module):
         return PriorState(hidden, labels, last, clock, rises, None,
                           float(gate_temperature) if gate_temperature is not None
                           else DEFAULT_GATE_TEMPERATURE if self.beats else 1.0,
-                          onset_temperature, onset_choices, pitch)
+                          onset_temperature, onset_choices, pitch,
+                          self.temperature_of(styles.to(dev)))
 
-    def step(self, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
+    def step(self, state: PriorState, temperature: float | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, PriorState]:
         """One step: ``(x_t (B, block * n_mel) normalised, log p(x_t | past) (B,), next state)``.
         The log-density is the untempered model's, of the normalised step (for a gated prior,
-        given the onset label it drew)."""
+        given the onset label it drew). ``temperature``: ``None`` draws at the state's (each
+        sample's style's, :meth:`temperature_of`)."""
+        if temperature is None:
+            temperature = state.temperature
         ctx = self._context(state.hidden[-1], state.style, state.last)
         onset = rises = None
         if self.gate is not None:  # an onset or not, then the step given it
@@ -1042,8 +1079,10 @@ class MelPrior(Configurable, nn.Module):
                                         generator=generator)
             else:
                 onset = (logit > 0).float()
-        if onset is not None and (state.onset_choices != 1 or state.onset_temperature
-                                  not in (None, temperature)):
+        if onset is not None and (state.onset_choices != 1 or not (
+                state.onset_temperature is None
+                or (not isinstance(temperature, Tensor)
+                    and state.onset_temperature == temperature))):
             x, lp = self._draw_onsets(ctx, temperature, generator, onset, state)
         else:
             x, lp = self.draw_step(ctx, temperature, generator, onset)
@@ -1057,7 +1096,7 @@ class MelPrior(Configurable, nn.Module):
             rises = torch.cat([rose.to(state.rises), state.rises[:, :-1]], dim=1)
         return x, lp, PriorState(hidden, state.style, x, clock, rises, onset,
                                  state.gate_temperature, state.onset_temperature,
-                                 state.onset_choices, pitch)
+                                 state.onset_choices, pitch, state.temperature)
 
     def _pitch_memory(self) -> PitchMemory:
         """The :class:`PitchMemory` of this prior's mel front end (built once, not saved)."""
@@ -1079,7 +1118,8 @@ class MelPrior(Configurable, nn.Module):
         rate = rises.float().sum(-1).clamp_min(1.0) / seconds
         return torch.exp(AUTO_CHOICE_PULL / rate).round().clamp(1, AUTO_MAX_CHOICES).long()
 
-    def _draw_onsets(self, ctx: Tensor, temperature: float, generator: torch.Generator | None,
+    def _draw_onsets(self, ctx: Tensor, temperature: float | Tensor,
+                     generator: torch.Generator | None,
                      onset: Tensor, state: PriorState) -> tuple[Tensor, Tensor]:
         """:meth:`draw_step` with the onset steps (rows where ``onset`` is 1) drawn at the
         state's onset temperature, each ``onset_choices`` times (``"auto"``:
@@ -1096,6 +1136,8 @@ class MelPrior(Configurable, nn.Module):
         each = (self.auto_choices(state.rises[hit]) if state.onset_choices == "auto"
                 else torch.full((n,), int(state.onset_choices), device=ctx.device))
         k = int(each.max())
+        if isinstance(hot, Tensor):
+            hot = hot[hit].repeat(k)
         draws, lps = self.draw_step(ctx[hit].repeat(k, 1), hot, generator, onset[hit].repeat(k))
         draws, lps = draws.view(k, n, -1), lps.view(k, n)
         pick = torch.zeros(n, dtype=torch.long, device=draws.device)
@@ -1113,15 +1155,16 @@ class MelPrior(Configurable, nn.Module):
         return x, lp
 
     @torch.no_grad()
-    def stream(self, frames: int, state: PriorState, temperature: float = DEFAULT_TEMPERATURE,
+    def stream(self, frames: int, state: PriorState, temperature: float | None = None,
                generator: torch.Generator | None = None, chunk_steps: int = 64
                ) -> Iterator[tuple[Tensor, Tensor, PriorState]]:
         """Samples ``frames`` frames from ``state`` and yields ``(mel chunk (B, n_mel, f),
         log-density of the chunk's steps (B,), state after it)`` every ``chunk_steps`` steps.
-        Memory is bounded by the chunk, whatever ``frames``."""
+        Memory is bounded by the chunk, whatever ``frames``. ``temperature``: ``None`` draws
+        each sample at its style's (:meth:`temperature_of`)."""
         if frames < 1:
             raise ValueError(f"frames must be positive, got {frames}")
-        if not (temperature >= 0 and math.isfinite(temperature)):
+        if temperature is not None and not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a non-negative number, got {temperature}")
         total = -(-frames // self.block)
         done = 0
@@ -1140,20 +1183,21 @@ class MelPrior(Configurable, nn.Module):
 
     @torch.no_grad()
     def sample(self, frames: int, style: str | int | None = None,
-               temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None,
+               temperature: float | None = None, seed: int | None = None,
                generator: torch.Generator | None = None, prime: Tensor | None = None,
                batch: int = 1, key: str | int | None = None, tempo: float | None = None,
                gate_temperature: float | None = None, onset_temperature: float | None = None,
                onset_choices: int | str | None = None) -> Tensor:
         """Log-mels ``(batch, n_mel, frames)``. ``style``: a name or index (``None``: a random
         style per sample, or none for a model without styles); ``temperature`` scales the
-        latent; ``seed`` (or ``generator``) makes it reproducible; ``prime`` (log-mel
-        ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or index, ``None`` at
-        random) the key; ``tempo`` (a clocked prior: beats per minute, ``None``: the style's)
-        the clock's; ``gate_temperature`` (a gated prior) that of its onset draws,
-        ``onset_temperature`` and ``onset_choices`` how its onset steps are drawn (``None``:
-        the gated prior's defaults; see :meth:`initial_state`). Memory does not grow with
-        ``frames`` beyond the output."""
+        latent (``None``: the style's, :meth:`temperature_of`: ``DEFAULT_TEMPERATURE`` unless
+        the model names one for it); ``seed`` (or ``generator``) makes it reproducible;
+        ``prime`` (log-mel ``(n_mel, F)``) is continued; ``key`` (a keyed prior: a name or
+        index, ``None`` at random) the key; ``tempo`` (a clocked prior: beats per minute,
+        ``None``: the style's) the clock's; ``gate_temperature`` (a gated prior) that of its
+        onset draws, ``onset_temperature`` and ``onset_choices`` how its onset steps are drawn
+        (``None``: the gated prior's defaults; see :meth:`initial_state`). Memory does not grow
+        with ``frames`` beyond the output."""
         if generator is None:
             generator = torch.Generator(device=self._device())
             generator.manual_seed(seed if seed is not None else int(torch.randint(2 ** 62, ())))

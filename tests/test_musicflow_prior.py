@@ -1088,20 +1088,109 @@ def test_gen_music_and_the_api_sample_at_the_measured_default_temperature(models
     from flowsuite.musicflow.generator import MusicGenerator
 
     assert prior_module.DEFAULT_TEMPERATURE == 0.7
-    seen = []
-    real = MelPrior.sample
-
-    def spy(self, *args, **kw):
-        seen.append(kw.get("temperature"))
-        return real(self, *args, **kw)
-
-    monkeypatch.setattr(MelPrior, "sample", spy)
+    seen = _spy_step_temperatures(monkeypatch)
     run, _ = models
     r = _invoke("music", "--seconds", 1, "--model", run, "--vocoder", "griffin-lim",
                 "--out", tmp_path / "a.wav", "--device", "cpu")
     assert r.exit_code == 0, r.output
+    n = len(seen)
     MusicGenerator.from_pretrained(run / "model.safetensors", "griffin-lim").generate(1.0)
-    assert seen == [0.7, 0.7]
+    assert n > 0 and len(seen) == 2 * n and set(seen) == {0.7}
+
+
+def _spy_step_temperatures(monkeypatch) -> list:
+    """The temperature each ``MelPrior.step`` draws at (per sample where they differ)."""
+    seen = []
+    real = MelPrior.step
+
+    def spy(self, state, temperature=None, generator=None):
+        t = state.temperature if temperature is None else temperature
+        seen.extend(t.tolist() if isinstance(t, torch.Tensor) else [t])
+        return real(self, state, temperature, generator)
+
+    monkeypatch.setattr(MelPrior, "step", spy)
+    return seen
+
+
+def test_a_style_named_in_temperatures_samples_at_its_own():
+    """``temperatures``: a sample drawn without a temperature takes its style's, or
+    DEFAULT_TEMPERATURE; a batch of mixed styles draws each row at its own; an explicit
+    temperature wins; the config keeps them; names outside the styles are refused."""
+    torch.manual_seed(0)
+    m = MelPrior.from_preset("tiny", styles=["a", "b"], mixture=2, temperatures={"a": 1.3})
+    assert torch.equal(m.sample(8, style="a", seed=3), m.sample(8, style="a", temperature=1.3,
+                                                                 seed=3))
+    assert torch.equal(m.sample(8, style="b", seed=3), m.sample(8, style="b", temperature=0.7,
+                                                                 seed=3))
+    assert not torch.equal(m.sample(8, style="a", seed=3), m.sample(8, style="a", seed=3,
+                                                                     temperature=0.7))
+    assert m.temperature_of(torch.tensor([1, 1, -1])) == 0.7
+    assert torch.equal(m.temperature_of(torch.tensor([0, 1, -1])), torch.tensor([1.3, 0.7, 0.7]))
+    # per row: each row of a mixed draw is what that row's temperature alone gives
+    ctx = torch.randn(2, 16 + 4)
+    mixed, _ = m.sample_step(ctx, torch.tensor([1.3, 0.7]), torch.Generator().manual_seed(5))
+    hot, _ = m.sample_step(ctx, 1.3, torch.Generator().manual_seed(5))
+    cool, _ = m.sample_step(ctx, 0.7, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(mixed, torch.stack([hot[0], cool[1]]))
+    plain = MelPrior.from_preset("tiny", styles=["a", "b"], temperatures={"b": 0.2})
+    mixed, _ = plain.sample_step(ctx, torch.tensor([0.2, 1.0]), torch.Generator().manual_seed(5))
+    cold, _ = plain.sample_step(ctx, 0.2, torch.Generator().manual_seed(5))
+    warm, _ = plain.sample_step(ctx, 1.0, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(mixed, torch.stack([cold[0], warm[1]]))
+    assert MelPrior(**m.config).temperatures == {"a": 1.3}
+    with pytest.raises(ValueError, match="does not know: c"):
+        MelPrior.from_preset("tiny", styles=["a"], temperatures={"c": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        MelPrior.from_preset("tiny", styles=["a"], temperatures={"a": -1.0})
+
+
+def test_gated_prior_draws_mixed_style_temperatures_with_onset_choices():
+    """A batch of random styles with per-style temperatures through the onset gate and the
+    choice among onset draws (each row's temperature follows it into the choice)."""
+    torch.manual_seed(0)
+    m = MelPrior.from_preset("tiny", styles=["a", "b"], mixture=2, onset_gate=True,
+                             temperatures={"a": 1.0, "b": 0.5})
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        last = [x for x in m.gate.modules() if isinstance(x, torch.nn.Linear)][-1]
+        last.bias.fill_(2.0)  # open often: onsets to choose among
+    mel = m.sample(24, seed=1, batch=6, onset_temperature=None, onset_choices=3)
+    assert mel.shape == (6, 80, 24) and torch.isfinite(mel).all()
+    state = m.initial_state(4, None, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(state.temperature, torch.tensor([1.0, 0.5])[state.style])
+    x, _, after = m.step(state, generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(x).all() and torch.equal(after.temperature, state.temperature)
+    # onset steps at the sampling temperature, chosen among 3: each row's own follows it
+    import dataclasses
+    own = dataclasses.replace(after, onset_temperature=None, onset_choices=3)
+    for _ in range(4):
+        x, _, own = m.step(own, generator=torch.Generator().manual_seed(3))
+        assert torch.isfinite(x).all()
+
+
+def test_gen_music_draws_the_style_temperature_the_model_names(models, tmp_path, monkeypatch):
+    """`gen music --style S` without --temperature draws at S's temperature where the model
+    names one; --temperature overrides it; `gen eval music` records what it drew at."""
+    run, _ = models
+    prior = load_model(run / "model.safetensors", expected="mel-prior")
+    named = MelPrior.from_trained(prior, temperatures={"folk": 1.1})
+    save_model(named, tmp_path / "named.safetensors")
+    seen = _spy_step_temperatures(monkeypatch)
+    common = ("--seconds", 1, "--model", tmp_path / "named.safetensors", "--vocoder",
+              "griffin-lim", "--device", "cpu")
+    r = _invoke("music", *common, "--style", "folk", "--out", tmp_path / "a.wav")
+    assert r.exit_code == 0, r.output
+    assert set(seen) == {1.1}
+    seen.clear()
+    r = _invoke("music", *common, "--style", "folk", "--temperature", 0.4,
+                "--out", tmp_path / "b.wav")
+    assert r.exit_code == 0, r.output
+    assert set(seen) == {0.4}
+    seen.clear()
+    r = _invoke("music", *common, "--style", "chorale", "--out", tmp_path / "c.wav")
+    assert r.exit_code == 0, r.output
+    assert set(seen) == {0.7}
 
 
 def test_vocode_pads_a_short_mel_with_silence(models):

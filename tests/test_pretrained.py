@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +253,35 @@ def test_pack_checks_the_card_against_the_model(pf_run, tmp_path, models_dir, ca
     assert pack.main([str(run), "--name", "pointcloud", "--card", str(card)]) == 2
     assert "--name must be one of pointflow, waveglow, mel-prior" in capsys.readouterr().err
     assert list(models_dir.iterdir()) == []
+
+
+def test_pack_set_writes_settings_into_the_config(tmp_path, models_dir, capsys):
+    """`--set KEY=JSON`: a mel prior's per-style temperatures measured after training go into
+    the packed file's config, weights unchanged; an unknown key, bad JSON or a value the model
+    refuses is one line and exit status 2, and nothing is written."""
+    from flowsuite.musicflow.prior import MelPrior
+
+    torch.manual_seed(0)
+    prior = MelPrior.from_preset("tiny", styles=["chorale", "folk"], mixture=2).eval()
+    src = tmp_path / "prior.safetensors"
+    save_model(prior, src)
+    card = tmp_path / "mel-prior.md"
+    card.write_text(_card("mel-prior", _count(prior)))
+    base = [str(src), "--name", "mel-prior", "--card", str(card), "--dtype", "float32"]
+    for bad, message in ((["--set", "temperatures"], "takes KEY=JSON"),
+                         (["--set", "temperatures={chorale: 1}"], "is not JSON"),
+                         (["--set", "tempo=1"], "tempo not in the mel-prior model's config"),
+                         (["--set", 'temperatures={"quartet": 1.0}'],
+                          "refuses.*does not know: quartet")):
+        assert pack.main(base + bad) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(message, err), err
+    assert list(models_dir.iterdir()) == []
+    assert pack.main(base + ["--set", 'temperatures={"chorale": 1.0}']) == 0
+    packed = load_model(models_dir / "mel-prior.safetensors", expected="mel-prior")
+    assert packed.temperatures == {"chorale": 1.0}
+    for key, t in prior.state_dict().items():
+        assert torch.equal(packed.state_dict()[key], t), key
 
 
 # ---- gen models -------------------------------------------------------------------------------
