@@ -284,8 +284,8 @@ def _vocoder_arg(path: Path | None) -> Path | str | None:
 @click.option("--device", type=_DEVICE, default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing outputs.")
 def music(seconds: float, seed: int, temperature: float | None, sigma: float,
-          style: str | None,
-          key: str | None, tempo: float | None, gate_temperature: float | None,
+          style: str | None, key: str | None, tempo: float | None,
+          gate_temperature: float | None,
           onset_temperature: float | None, onset_choices: str | None, out_path: Path,
           preview: Path | None,
           model_path: Path | None, vocoder_path: Path | None, from_path: Path | None,
