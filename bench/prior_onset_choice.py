@@ -5,9 +5,9 @@ stability moves by 0.05-0.1 between draws; choosing the onset options by it need
 This script asks the prior's mels directly, without a vocoder: for each style, ``--count``
 crops of held-out music (the test split of ``--data``), a second set of crops (the ideal), and
 ``--count`` free-running clips for each ``--configs`` entry ``T:K`` (``MelPrior.sample(
-onset_temperature=T, onset_choices=K)``; T ``-``: the sampling temperature; K ``auto``: the
-number of draws from the recent onset rate), each of
-``--seconds``:
+onset_temperature=T, onset_choices=K)``; T ``-``: the gated prior's default onset temperature;
+K ``auto``: the number of draws from the recent onset rate), each of ``--seconds``, the other
+steps at ``--temperature`` (default: each style's, ``MelPrior.temperature_of``):
 
 * ``key``: key stability (``chroma_key_stability``, the windows of ``key_stability``) of the
   mel's power per pitch class (``PitchMemory.power``: mel bands from 150 Hz to 5 kHz mapped by
@@ -47,7 +47,7 @@ from flowsuite.musicflow.metrics import (
     chroma_key_stability,
     frechet_distance,
 )
-from flowsuite.musicflow.prior import MelPrior, PitchMemory
+from flowsuite.musicflow.prior import DEFAULT_TEMPERATURE, MelPrior, PitchMemory
 from flowsuite.musicflow.prior_train import MelCorpus
 
 WARM_SECONDS = 1.0  # onsets before this much music has been heard are not scored
@@ -103,8 +103,8 @@ def statistics(prior: MelPrior, mel: torch.Tensor, ref: torch.Tensor | None) -> 
 
 
 def _config(config: str) -> dict:
-    """``T:K`` -> the sampling options it names (T ``-``: the sampling temperature; K a
-    number or ``auto``)."""
+    """``T:K`` -> the sampling options it names (T ``-``: the prior's default onset
+    temperature; K a number or ``auto``)."""
     t, k = config.split(":")
     return {"onset_temperature": None if t == "-" else float(t),
             "onset_choices": k if k == "auto" else int(k)}
@@ -132,9 +132,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True, help="a music set (its test split)")
     ap.add_argument("--count", type=int, default=96, help="clips per style and set")
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="the other steps' temperature (default: each style's, as gen music)")
     ap.add_argument("--configs", nargs="+", default=["0.7:1", "1.3:1", "1.3:4"],
-                    help="onset temperature (- for the sampling temperature):onset choices")
+                    help="onset temperature (- for the prior's default):onset choices")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--time-repeats", type=int, default=0)
     ap.add_argument("--time-seconds", type=float, default=10.0)
@@ -148,7 +149,10 @@ def main() -> None:
     test = MelCorpus.from_folder(args.data, split="test")
     frames = int(args.seconds * prior.frames_per_second) // prior.block * prior.block
     result: dict = {"model": str(args.model), "data": str(args.data), "count": args.count,
-                    "seconds": args.seconds, "temperature": args.temperature,
+                    "seconds": args.seconds,
+                    "temperature": (args.temperature if args.temperature is not None else
+                                    {"by style": prior.temperatures,
+                                     "else": DEFAULT_TEMPERATURE}),
                     "machine": machine(), "styles": {}}
     if args.time_repeats > 0:
         result["timing"] = time_configs(prior, args)
