@@ -1169,7 +1169,8 @@ def test_gated_prior_draws_mixed_style_temperatures_with_onset_choices():
         assert torch.isfinite(x).all()
 
 
-def test_gen_music_draws_the_style_temperature_the_model_names(models, tmp_path, monkeypatch):
+def test_gen_music_draws_the_style_temperature_the_model_names(models, music_set, tmp_path,
+                                                               monkeypatch):
     """`gen music --style S` without --temperature draws at S's temperature where the model
     names one; --temperature overrides it; `gen eval music` records what it drew at."""
     run, _ = models
@@ -1191,6 +1192,15 @@ def test_gen_music_draws_the_style_temperature_the_model_names(models, tmp_path,
     r = _invoke("music", *common, "--style", "chorale", "--out", tmp_path / "c.wav")
     assert r.exit_code == 0, r.output
     assert set(seen) == {0.7}
+    seen.clear()
+    js = tmp_path / "eval.json"
+    r = _invoke("eval", "music", "--model", tmp_path / "named.safetensors", "--vocoder",
+                "griffin-lim", "--data", music_set, "--count", 2, "--seconds", 1,
+                "--device", "cpu", "--json", js)
+    assert r.exit_code == 0, r.output
+    res = json.loads(js.read_text())
+    assert res["temperature"] == "by style" and res["style_temperatures"] == {"folk": 1.1}
+    assert set(seen) <= {0.7, 1.1} and seen
 
 
 def test_vocode_pads_a_short_mel_with_silence(models):
