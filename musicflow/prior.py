@@ -512,17 +512,22 @@ class MelPrior(Configurable, nn.Module):
     def tempo_of(self, style: Tensor) -> Tensor:
         """The default tempo (beats per minute) for style labels ``(B,)``: the median of the
         training music of the style (``tempi``), else of all of it, else ``DEFAULT_TEMPO``."""
-        fallback = self.tempi.get("all", DEFAULT_TEMPO)
-        return torch.tensor([self.tempi.get(self.styles[int(s)], fallback)
-                             if 0 <= int(s) < len(self.styles) else fallback for s in style],
+        return torch.tensor(self._per_style(self.tempi, style,
+                                            self.tempi.get("all", DEFAULT_TEMPO)),
                             dtype=torch.float32)
+
+    def _per_style(self, table: dict[str, float], style: Tensor, fallback: float
+                   ) -> list[float]:
+        """For style labels ``(B,)``, each style's value in ``table`` (by name), else
+        ``fallback`` (also for the label -1, no style)."""
+        return [table.get(self.styles[int(s)], fallback) if 0 <= int(s) < len(self.styles)
+                else fallback for s in style]
 
     def temperature_of(self, style: Tensor) -> float | Tensor:
         """The sampling temperature for style labels ``(B,)`` where a call names none: the
         style's (``temperatures``), else ``DEFAULT_TEMPERATURE``. One number when every sample
         has the same, else one per sample ``(B,)``."""
-        values = [self.temperatures.get(self.styles[int(s)], DEFAULT_TEMPERATURE)
-                  if 0 <= int(s) < len(self.styles) else DEFAULT_TEMPERATURE for s in style]
+        values = self._per_style(self.temperatures, style, DEFAULT_TEMPERATURE)
         if len(set(values)) <= 1:
             return values[0] if values else DEFAULT_TEMPERATURE
         return torch.tensor(values, dtype=torch.float32, device=style.device)
@@ -1079,10 +1084,9 @@ class MelPrior(Configurable, nn.Module):
                                         generator=generator)
             else:
                 onset = (logit > 0).float()
-        if onset is not None and (state.onset_choices != 1 or not (
-                state.onset_temperature is None
-                or (not isinstance(temperature, Tensor)
-                    and state.onset_temperature == temperature))):
+        hot = state.onset_temperature
+        alike = hot is None or (not isinstance(temperature, Tensor) and hot == temperature)
+        if onset is not None and (state.onset_choices != 1 or not alike):
             x, lp = self._draw_onsets(ctx, temperature, generator, onset, state)
         else:
             x, lp = self.draw_step(ctx, temperature, generator, onset)
